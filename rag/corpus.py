@@ -1,0 +1,291 @@
+"""Reading paper corpora: the bundled seed, JSONL, CSV and the seed's text format.
+
+Loading never touches the index. It returns valid papers plus located errors, so a
+bad file is rejected before anything already stored can be disturbed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import CorpusError, CorpusErrors
+from .types import Paper, paper_to_dict
+
+MAX_TITLE_CHARS = 1_000
+MAX_ABSTRACT_CHARS = 50_000
+KNOWN_FIELDS = {"id", "title", "abstract", "url", "authors", "year", "code_urls"}
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_URL_RE = re.compile(r"https?://[^\s<>\"'(){}\[\]]+")
+_SEED_HEADER_RE = re.compile(r"^Get trending papers", re.I)
+
+
+@dataclass
+class LoadResult:
+    papers: list[Paper] = field(default_factory=list)
+    errors: list[CorpusError] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    def raise_for_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise CorpusErrors(self.errors)
+
+
+def bundled_corpus_path() -> Path:
+    return Path(str(resources.files("rag") / "data" / "corpus.jsonl"))
+
+
+def load_bundled() -> list[Paper]:
+    result = load_corpus([bundled_corpus_path()])
+    result.raise_for_errors()
+    return result.papers
+
+
+def normalise_title(title: str) -> str:
+    text = unicodedata.normalize("NFKD", title).lower()
+    return re.sub(r"[^a-z0-9]+", "", text)
+
+
+def slugify(title: str, max_len: int = 48) -> str:
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = ""
+    for w in words:
+        if slug and len(slug) + 1 + len(w) > max_len:
+            break
+        slug = f"{slug}-{w}" if slug else w[:max_len]
+    return slug or "paper-" + hashlib.sha1(title.encode()).hexdigest()[:8]
+
+
+def find_urls(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(u.rstrip(".,;:") for u in _URL_RE.findall(text)))
+
+
+def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
+    """Load and validate several files as one corpus; duplicates are kept once."""
+    result = LoadResult()
+    seen_titles: dict[str, str] = {}
+    seen_content: dict[str, str] = {}
+    used_ids: set[str] = set()
+    for path in paths:
+        path = Path(path)
+        for line, raw in _records(path, result.errors):
+            paper = _to_paper(raw, path, line, result.errors)
+            if paper is None:
+                continue
+            title_key = normalise_title(paper.title)
+            content_key = hashlib.sha1(" ".join(paper.abstract.split()).lower().encode()).hexdigest()
+            first = seen_titles.get(title_key) or seen_content.get(content_key)
+            if first is not None:
+                result.duplicates.append(f"{path.name}:{line}: '{paper.title[:60]}' duplicates {first}")
+                continue
+            pid = paper.id
+            if "id" not in raw:
+                # Auto ids must not collide with another paper's slug; explicit ids are the user's.
+                base, n = pid, 2
+                while pid in used_ids:
+                    pid, n = f"{base}-{n}", n + 1
+                paper = _replace_id(paper, pid)
+            elif pid in used_ids:
+                result.errors.append(CorpusError(f"id '{pid}' is used twice", file=str(path),
+                                                 line=line, field="id"))
+                continue
+            used_ids.add(pid)
+            seen_titles[title_key] = seen_content[content_key] = pid
+            result.papers.append(paper)
+    return result
+
+
+def _replace_id(p: Paper, pid: str) -> Paper:
+    return Paper(id=pid, title=p.title, abstract=p.abstract, url=p.url, code_urls=p.code_urls,
+                 authors=p.authors, year=p.year, metadata=p.metadata)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError("file not found", file=str(path),
+                          hint="Check the path; `rag ingest` takes .jsonl, .csv or .txt files.") from None
+    except IsADirectoryError:
+        raise CorpusError("is a directory, expected a file", file=str(path)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusError(f"not valid UTF-8 (byte {exc.start})", file=str(path), line=line,
+                          hint="Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`.") from None
+
+
+def _records(path: Path, errors: list[CorpusError]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, raw record) for any supported format."""
+    try:
+        text = _read_text(path)
+    except CorpusError as exc:
+        errors.append(exc)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _jsonl_records(text, path, errors)
+    elif suffix == ".json":
+        yield from _json_records(text, path, errors)
+    elif suffix in (".csv", ".tsv"):
+        yield from _csv_records(text, path, errors, "\t" if suffix == ".tsv" else ",")
+    elif suffix in (".txt", ""):
+        yield from _seed_records(text, path, errors)
+    else:
+        errors.append(CorpusError(f"unsupported file type '{suffix}'", file=str(path),
+                                  hint="Use .jsonl, .json, .csv, .tsv or the seed .txt format."))
+
+
+def _jsonl_records(text: str, path: Path, errors: list[CorpusError]):
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(CorpusError(f"invalid JSON ({exc.msg}, column {exc.colno})",
+                                      file=str(path), line=n))
+            continue
+        if not isinstance(obj, dict):
+            errors.append(CorpusError("expected a JSON object with 'title' and 'abstract'",
+                                      file=str(path), line=n))
+            continue
+        yield n, obj
+
+
+def _json_records(text: str, path: Path, errors: list[CorpusError]):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        errors.append(CorpusError(f"invalid JSON ({exc.msg})", file=str(path), line=exc.lineno))
+        return
+    if isinstance(data, dict):
+        data = data.get("papers", [data])
+    if not isinstance(data, list):
+        errors.append(CorpusError("expected a list of paper objects", file=str(path)))
+        return
+    for i, obj in enumerate(data, 1):
+        if isinstance(obj, dict):
+            yield i, obj
+        else:
+            errors.append(CorpusError(f"item {i} is not an object", file=str(path), line=i))
+
+
+def _csv_records(text: str, path: Path, errors: list[CorpusError], delimiter: str):
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = reader.fieldnames or []
+        missing = [c for c in ("title", "abstract") if c not in header]
+        if missing:
+            errors.append(CorpusError(f"missing column(s) {', '.join(missing)} in the header "
+                                      f"(found: {', '.join(header) or 'nothing'})",
+                                      file=str(path), line=1, field=missing[0]))
+            return
+        for row in reader:
+            if None in row:
+                errors.append(CorpusError("more values than columns", file=str(path), line=reader.line_num))
+                continue
+            yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+    except csv.Error as exc:
+        errors.append(CorpusError(f"malformed CSV ({exc})", file=str(path)))
+
+
+def _seed_records(text: str, path: Path, errors: list[CorpusError]):
+    """Title line / abstract line pairs, as in the trending-papers page dump."""
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)]
+    lines = [(n, ln) for n, ln in lines if ln]
+    while lines and _SEED_HEADER_RE.match(lines[0][1]):
+        lines.pop(0)
+    if lines and lines[0][1].startswith("Subscribe") and len(lines[0][1]) > len("Subscribe"):
+        lines[0] = (lines[0][0], lines[0][1][len("Subscribe"):].strip())
+    for i in range(0, len(lines), 2):
+        n, title = lines[i]
+        if i + 1 >= len(lines):
+            errors.append(CorpusError("title has no abstract line after it", file=str(path),
+                                      line=n, field="abstract"))
+            break
+        yield n, {"title": title, "abstract": lines[i + 1][1]}
+
+
+def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusError]) -> Paper | None:
+    def bad(msg: str, fld: str) -> None:
+        errors.append(CorpusError(msg, file=str(path), line=line, field=fld))
+
+    title, abstract = raw.get("title"), raw.get("abstract")
+    if not isinstance(title, str) or not title.strip():
+        return bad("missing or empty title", "title")
+    if not isinstance(abstract, str) or not abstract.strip():
+        return bad("missing or empty abstract", "abstract")
+    title, abstract = " ".join(title.split()), " ".join(abstract.split())
+    if len(title) > MAX_TITLE_CHARS:
+        return bad(f"title is {len(title)} characters (limit {MAX_TITLE_CHARS})", "title")
+    if len(abstract) > MAX_ABSTRACT_CHARS:
+        return bad(f"abstract is {len(abstract)} characters (limit {MAX_ABSTRACT_CHARS})", "abstract")
+    if _control_chars(title + abstract):
+        return bad("contains control characters", "abstract" if _control_chars(abstract) else "title")
+    pid = raw.get("id")
+    if pid is not None:
+        pid = str(pid).strip()
+        if not _ID_RE.match(pid):
+            return bad(f"id '{pid[:40]}' must be 1-128 letters, digits or . _ : -", "id")
+    year = raw.get("year")
+    if year not in (None, ""):
+        try:
+            year = int(str(year).strip())
+        except ValueError:
+            return bad(f"year '{year}' is not a whole number", "year")
+    else:
+        year = None
+    authors = raw.get("authors") or []
+    if isinstance(authors, str):
+        authors = tuple(a.strip() for a in re.split(r";|\band\b|,", authors) if a.strip())
+    elif isinstance(authors, list):
+        authors = tuple(str(a) for a in authors)
+    else:
+        return bad("authors must be a list or a string", "authors")
+    url = raw.get("url")
+    if url is not None and not isinstance(url, str):
+        return bad("url must be a string", "url")
+    extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
+    return Paper(id=pid or slugify(title), title=title, abstract=abstract, url=url or None,
+                 code_urls=find_urls(abstract), authors=authors, year=year, metadata=extra)
+
+
+def _control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def write_jsonl(papers: Iterable[Paper], path: str | Path) -> int:
+    path = Path(path)
+    count = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for p in papers:
+            fh.write(json.dumps(paper_to_dict(p), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m rag.corpus SEED OUT`: convert the seed file into the bundled JSONL."""
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    result = load_corpus([args[0]])
+    result.raise_for_errors()
+    print(f"wrote {write_jsonl(result.papers, args[1])} papers to {args[1]}")
+
+
+if __name__ == "__main__":
+    main()

