@@ -1,0 +1,229 @@
+"""The facade: `Assistant` wires settings, embeddings, store, retrieval and an answer mode.
+
+Every part can be injected (`Assistant(settings, llm=..., embeddings=..., store=...)`);
+whatever is not given is built from settings on first use, so constructing an
+Assistant is cheap and importing `rag` loads no model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+
+from .citations import build_citations, check_markers
+from .corpus import LoadResult, load_bundled, load_corpus
+from .errors import LLMError, QuestionError
+from .generation import Draft, ExtractiveAnswerer, format_sources, llm_from_settings
+from .prompting import load_prompt
+from .retrieval import Retrieval, Retriever
+from .settings import Settings
+from .store import IngestReport, PaperStore
+from .types import ABSTAIN_TEXT, Answer, Paper
+
+_ANSWER_VARS = {"abstain_text", "max_sentences"}
+
+
+class Assistant:
+    def __init__(self, settings: Settings | None = None, llm: Any = None, embeddings: Any = None,
+                 store: PaperStore | None = None):
+        self.settings = settings or Settings()
+        self._llm = llm
+        self._embeddings = embeddings
+        self._store = store
+        self._retriever: Retriever | None = None
+        self._extractive = ExtractiveAnswerer(self.settings)
+        self._chains: dict[str, Any] = {}
+
+    # --- parts, built lazily ------------------------------------------------
+    @property
+    def store(self) -> PaperStore:
+        if self._store is None:
+            self._store = PaperStore(self.settings, embedder=self._embeddings)
+        return self._store
+
+    @property
+    def retriever(self) -> Retriever:
+        if self._retriever is None:
+            self._retriever = Retriever(self.settings, self.store)
+        return self._retriever
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            self._llm = llm_from_settings(self.settings)
+        return self._llm
+
+    @property
+    def mode(self) -> str:
+        if self.settings.mode == "auto" and self._llm is not None:
+            return "openai"
+        return self.settings.resolved_mode()
+
+    def describe_mode(self, mode: str | None = None) -> str:
+        mode = mode or self.mode
+        if mode == "openai":
+            return f"LLM: {self.settings.llm_model}" + (f" at {self.settings.openai_base_url}" if self.settings.openai_base_url else "")
+        return "offline extractive (quotes the abstracts; no LLM)"
+
+    # --- corpus ---------------------------------------------------------------
+    def ingest(self, paths: Iterable[str | Path] = (), papers: Sequence[Paper] | None = None,
+               progress=None, skip_invalid: bool = False, replace_all: bool = False) -> tuple[IngestReport, LoadResult]:
+        """Validate everything first; a file with errors writes nothing unless skip_invalid."""
+        result = load_corpus(paths) if paths else LoadResult(papers=list(papers or []))
+        if result.errors and not skip_invalid:
+            result.raise_for_errors()
+        return self.store.ingest(result.papers, progress=progress, replace_all=replace_all), result
+
+    def ensure_index(self, progress=None) -> IngestReport | None:
+        """Index the bundled corpus if the index is empty (first run)."""
+        if self.store.count() > 0:
+            return None
+        return self.store.ingest(load_bundled(), progress=progress)
+
+    def papers(self, search: str | None = None) -> list[Paper]:
+        papers = sorted(self.store.all_papers().values(), key=lambda p: p.title.lower())
+        if search:
+            needle = search.lower()
+            papers = [p for p in papers if needle in p.title.lower() or needle in p.abstract.lower()
+                      or needle == p.id.lower()]
+        return papers
+
+    # --- asking -----------------------------------------------------------------
+    def _clean_question(self, question: str) -> tuple[str, str | None]:
+        if not isinstance(question, str) or not question.strip():
+            raise QuestionError("the question is empty")
+        q = " ".join("".join(ch if ch.isprintable() else " " for ch in question).split())
+        if not any(ch.isalnum() for ch in q):
+            raise QuestionError("the question has no words in it")
+        limit = self.settings.max_question_chars
+        if len(q) > limit:
+            return q[:limit], f"The question was cut to its first {limit} characters."
+        return q, None
+
+    def retrieve(self, question: str, k: int | None = None, paper_ids: Sequence[str] | None = None) -> Retrieval:
+        self.store.require_papers()
+        return self.retriever.retrieve(question, k=k, paper_ids=paper_ids)
+
+    def ask(self, question: str, k: int | None = None, mode: str | None = None,
+            paper_ids: Sequence[str] | None = None) -> Answer:
+        *_, answer = self.stream(question, k=k, mode=mode, paper_ids=paper_ids)
+        return answer
+
+    def stream(self, question: str, k: int | None = None, mode: str | None = None,
+               paper_ids: Sequence[str] | None = None) -> Iterator[str | Answer]:
+        """Yield text deltas as they are produced, then the final `Answer`."""
+        t0 = time.perf_counter()
+        q, notice = self._clean_question(question)
+        mode = mode or self.mode
+        retrieval = self.retrieve(q, k=k, paper_ids=paper_ids)
+        t1 = time.perf_counter()
+        draft: Draft | None = None
+        first_token: float | None = None
+        pieces = self._extractive.stream(q, retrieval.contexts, retrieval.idf) if mode == "extractive" \
+            else self._llm_stream(q, retrieval)
+        for piece in pieces:
+            if isinstance(piece, Draft):
+                draft = piece
+            else:
+                if first_token is None:
+                    first_token = time.perf_counter()
+                yield piece
+        assert draft is not None
+        answer = self._finish(q, mode, retrieval, draft)
+        end = time.perf_counter()
+        answer.timings_ms.update(retrieval.timings_ms)
+        answer.timings_ms.update(generate_ms=(end - t1) * 1000, total_ms=(end - t0) * 1000,
+                                 first_token_ms=((first_token or end) - t0) * 1000)
+        if notice:
+            answer.meta["notice"] = notice
+        yield answer
+
+    async def aask(self, question: str, **kwargs) -> Answer:
+        return await asyncio.to_thread(self.ask, question, **kwargs)
+
+    async def astream(self, question: str, **kwargs) -> AsyncIterator[str | Answer]:
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for item in self.stream(question, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:  # handed to the consumer below
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        task = loop.run_in_executor(None, produce)
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        await task
+
+    # --- the openai mode ---------------------------------------------------------------
+    def answer_chain(self):
+        """LCEL: {question, sources} -> prompt -> chat model -> text."""
+        if "answer" not in self._chains:
+            from langchain_core.output_parsers import StrOutputParser
+            from langchain_core.prompts import ChatPromptTemplate
+
+            system = load_prompt("answer_system", _ANSWER_VARS).format(
+                abstain_text=ABSTAIN_TEXT, max_sentences=max(self.settings.max_sentences, 6))
+            user = load_prompt("answer_user", {"sources", "question"})
+            prompt = ChatPromptTemplate.from_messages(
+                [("system", system.replace("{", "{{").replace("}", "}}")), ("human", user)])
+            self._chains["answer"] = prompt | self.llm | StrOutputParser()
+        return self._chains["answer"]
+
+    def rag_chain(self):
+        """The whole pipeline as one LCEL runnable: question -> `Answer` (openai mode)."""
+        from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
+        return (
+            RunnablePassthrough.assign(retrieval=RunnableLambda(lambda x: self.retrieve(x["question"], x.get("k"))))
+            | RunnablePassthrough.assign(sources=lambda x: format_sources(x["retrieval"].contexts))
+            | RunnablePassthrough.assign(raw=self.answer_chain())
+            | RunnableLambda(lambda x: self._finish(x["question"], "openai", x["retrieval"],
+                                                     Draft(x["raw"], abstained=False)))
+        )
+
+    def _llm_stream(self, question: str, retrieval: Retrieval) -> Iterator[str | Draft]:
+        import openai
+
+        best = max((c.dense for c in retrieval.contexts), default=0.0)
+        if best < self.settings.min_relevance:
+            yield ABSTAIN_TEXT
+            yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": f"best similarity {best:.2f}"})
+            return
+        parts: list[str] = []
+        try:
+            for delta in self.answer_chain().stream({"question": question,
+                                                     "sources": format_sources(retrieval.contexts)}):
+                if delta:
+                    parts.append(delta)
+                    yield delta
+        except openai.APITimeoutError:
+            raise LLMError(f"the language model did not answer within {self.settings.request_timeout:.0f}s") from None
+        except openai.RateLimitError:
+            raise LLMError("the language model server is rate limiting requests (HTTP 429); try again shortly") from None
+        except openai.APIConnectionError:
+            raise LLMError(f"cannot reach the language model at {self.settings.openai_base_url or 'api.openai.com'}") from None
+        except openai.APIStatusError as exc:
+            raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
+        except openai.OpenAIError as exc:
+            raise LLMError(f"the language model failed: {type(exc).__name__}") from None
+        yield Draft("".join(parts), abstained=False)
+
+    def _finish(self, question: str, mode: str, retrieval: Retrieval, draft: Draft) -> Answer:
+        checked = check_markers(draft.text, len(retrieval.contexts))
+        text = checked.text
+        abstained = draft.abstained or text.strip().rstrip(".") == ABSTAIN_TEXT.rstrip(".")
+        if not abstained and not checked.cited and mode != "extractive":
+            # An uncited LLM answer cannot be checked against the papers: keep it, but say so.
+            draft.meta["uncited"] = True
+        citations = [] if abstained else build_citations(text, retrieval.contexts, checked.cited, draft.snippets)
+        return Answer(question=question, text=text, citations=citations, contexts=retrieval.contexts, mode=mode,
+                      abstained=abstained, invalid_citations=checked.invalid, meta=dict(draft.meta))

@@ -1,0 +1,142 @@
+"""Hybrid retrieval: dense chunks from Chroma plus BM25 over papers, fused per paper.
+
+Ranking papers rather than chunks keeps one long abstract from crowding out the
+others, which is what multi-paper questions need.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .settings import Settings
+from .store import PaperStore
+from .text import terms
+from .types import Context, Passage
+
+
+@dataclass
+class Retrieval:
+    question: str
+    contexts: list[Context]
+    query_vec: np.ndarray
+    idf: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class LexicalIndex:
+    """BM25 over title + abstract of every paper, rebuilt when the store's revision changes."""
+
+    def __init__(self, papers: dict):
+        import bm25s
+
+        self.ids = list(papers)
+        docs = [terms(f"{p.title} {p.title} {p.abstract}") for p in papers.values()]
+        self.bm25 = bm25s.BM25(k1=1.2, b=0.75)
+        self.bm25.index(docs, show_progress=False) if docs else None
+        df: dict[str, int] = {}
+        for d in docs:
+            for t in set(d):
+                df[t] = df.get(t, 0) + 1
+        n = max(len(docs), 1)
+        self.n_docs = n
+        self.idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
+        self.oov_idf = math.log(1 + (n + 0.5) / 0.5)
+
+    def term_idf(self, term: str) -> float:
+        return self.idf.get(term, self.oov_idf)
+
+    def scores(self, query_terms: list[str]) -> np.ndarray:
+        known = [t for t in query_terms if t in self.idf]
+        if not self.ids or not known:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return np.asarray(self.bm25.get_scores(known), dtype=np.float32)
+
+
+class Retriever:
+    def __init__(self, settings: Settings, store: PaperStore):
+        self.settings = settings
+        self.store = store
+        self._lexical: tuple[str, LexicalIndex] | None = None
+        self._lock = threading.Lock()
+
+    def lexical(self) -> LexicalIndex:
+        rev = self.store.revision()
+        with self._lock:
+            if self._lexical is None or self._lexical[0] != rev:
+                self._lexical = (rev, LexicalIndex(self.store.all_papers()))
+            return self._lexical[1]
+
+    def retrieve(self, question: str, k: int | None = None, paper_ids: Sequence[str] | None = None) -> Retrieval:
+        s = self.settings
+        k = k or s.k
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        qvec = self.store.embedder.embed_one(question)
+        t1 = time.perf_counter()
+        timings["embed_ms"] = (t1 - t0) * 1000
+
+        hits = self.store.query_chunks(qvec, s.fetch_k, paper_ids)
+        dense_rank: list[str] = list(dict.fromkeys(h.paper_id for h in hits))
+        t2 = time.perf_counter()
+        timings["dense_ms"] = (t2 - t1) * 1000
+
+        lex = self.lexical()
+        qterms = terms(question)
+        scores = lex.scores(qterms)
+        allowed = set(paper_ids) if paper_ids else None
+        order = np.argsort(-scores, kind="stable")
+        lex_rank = [lex.ids[i] for i in order[: s.fetch_k * 2]
+                    if scores[i] > 0 and (allowed is None or lex.ids[i] in allowed)][: s.fetch_k]
+        lex_score = {lex.ids[i]: float(scores[i]) for i in order[: s.fetch_k * 2]}
+        t3 = time.perf_counter()
+        timings["lexical_ms"] = (t3 - t2) * 1000
+
+        fused: dict[str, float] = {}
+        for w, ranking in ((s.dense_weight, dense_rank), (s.lexical_weight, lex_rank)):
+            for r, pid in enumerate(ranking):
+                fused[pid] = fused.get(pid, 0.0) + w / (s.rrf_k + r + 1)
+        best_norm = (s.dense_weight + s.lexical_weight) / (s.rrf_k + 1)
+        candidates = sorted(fused, key=lambda p: -fused[p])[: max(k * 2, k + 3)]
+        chosen = self._diversify(candidates, fused, k)
+
+        papers = self.store.all_papers()
+        chunk_rows = self.store.chunks_of(chosen)
+        contexts: list[Context] = []
+        for n, pid in enumerate(chosen, 1):
+            p = papers.get(pid)
+            if p is None:  # removed by a concurrent ingest between the two reads
+                continue
+            passages = [Passage(cid, text, idx, float(vec @ qvec)) for cid, text, idx, vec in chunk_rows.get(pid, [])]
+            contexts.append(Context(
+                n=len(contexts) + 1, paper_id=pid, title=p.title, abstract=p.abstract,
+                score=fused[pid] / best_norm, url=p.url, code_urls=p.code_urls,
+                dense=max((x.score for x in passages), default=0.0), lexical=lex_score.get(pid, 0.0),
+                passages=passages))
+        timings["fuse_ms"] = (time.perf_counter() - t3) * 1000
+        timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
+        idf = {t: lex.term_idf(t) for t in set(qterms)}
+        return Retrieval(question, contexts, qvec, idf, timings)
+
+    def _diversify(self, candidates: list[str], fused: dict[str, float], k: int) -> list[str]:
+        """Maximal marginal relevance over paper vectors; lambda=1 keeps the fused order."""
+        lam = self.settings.mmr_lambda
+        if lam >= 1.0 or len(candidates) <= k:
+            return candidates[:k]
+        vecs = self.store.paper_vectors(candidates)
+        top = max(fused[c] for c in candidates)
+        chosen: list[str] = []
+        pool = list(candidates)
+        while pool and len(chosen) < k:
+            def mmr(c: str) -> float:
+                sim = max((float(vecs[c] @ vecs[x]) for x in chosen if c in vecs and x in vecs), default=0.0)
+                return lam * fused[c] / top - (1 - lam) * sim
+            best = max(pool, key=mmr)
+            chosen.append(best)
+            pool.remove(best)
+        return chosen

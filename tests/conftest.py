@@ -1,0 +1,88 @@
+"""Shared fixtures: no network, every data dir in a temp folder, one real index per session."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SEED_FILE = SHARED / "seeds" / "000_9639033de7026021.txt"
+PUBMEDQA = SHARED / "datasets" / "pubmedqa" / "ori_pqal.json"
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise OSError(f"network access blocked in tests: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_local(address):
+        raise OSError(f"network access blocked in tests: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+def pytest_configure(config):
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Every test gets its own data dir and no LLM configuration from the caller's shell."""
+    for var in list(os.environ):
+        if var.startswith("RAG_") or var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def built_index(tmp_path_factory) -> Path:
+    """The bundled corpus indexed once per session; tests copy it before writing."""
+    from rag.settings import Settings
+    from rag.store import PaperStore
+    from rag.corpus import load_bundled
+
+    data = tmp_path_factory.mktemp("bundled-index")
+    store = PaperStore(Settings(data_dir=data))
+    store.ingest(load_bundled())
+    return data
+
+
+@pytest.fixture
+def index_copy(built_index, tmp_path) -> Path:
+    """A writable copy of the bundled index."""
+    dest = tmp_path / "index-copy"
+    shutil.copytree(built_index, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def assistant(built_index):
+    """A read-only assistant over the shared bundled index (offline extractive mode)."""
+    from rag import Assistant, Settings
+
+    return Assistant(Settings(data_dir=built_index, mode="extractive"))

@@ -1,0 +1,126 @@
+"""Answer modes end to end: offline extractive, and `openai` through the real client
+against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rag import Assistant, Settings
+from rag.errors import LLMError
+from rag.types import ABSTAIN_TEXT
+
+from openai_server import Fault, OpenAIServer
+
+
+def test_extractive_quotes_only_the_cited_abstract(assistant):
+    a = assistant.ask("Which method clusters faces by building clean graphs for GCNs?")
+    assert not a.abstained
+    assert a.citations[0].paper_id == "ada-nets-face-clustering-via-adaptive-neighbour"
+    by_id = {c.paper_id: c for c in a.contexts}
+    for sentence in re.split(r"(?<=\])\s+", a.text):
+        quoted = re.sub(r"^.*?\]:\s*", "", sentence)
+        quoted = re.sub(r"\s*\[\d+\]\s*$", "", quoted).strip()
+        if quoted:
+            assert any(quoted in by_id[c.paper_id].abstract for c in a.citations), quoted
+
+
+def test_extractive_lists_several_papers_for_plural_questions(assistant):
+    a = assistant.ask("Which papers perform face swapping with diffusion models?")
+    cited = {c.paper_id for c in a.citations}
+    assert {"face-swap-via-diffusion-model", "ldfacenet-latent-diffusion-based-network-for"} <= cited
+    assert all(c.paper_id in {x.paper_id for x in a.contexts} for c in a.citations)
+
+
+def test_extractive_reports_numbers(assistant):
+    a = assistant.ask("What accuracy does the FaceNet system reach on LFW?")
+    assert "99.63%" in a.text
+
+
+@pytest.mark.parametrize("question", [
+    "Which paper performs gait recognition from walking silhouettes?",
+    "What AP does the extremely tiny face detector reach on the WIDER FACE hard subset?",
+    "How many epochs was Stacked Motif Networks trained for?",
+])
+def test_extractive_abstains_when_corpus_has_no_answer(assistant, question):
+    a = assistant.ask(question)
+    assert a.abstained and a.text == ABSTAIN_TEXT and a.citations == []
+
+
+def test_stream_yields_text_then_answer(assistant):
+    items = list(assistant.stream("Which paper proposes a face detector with fewer than 0.1 million parameters?"))
+    *deltas, final = items
+    assert deltas and all(isinstance(d, str) for d in deltas)
+    assert "".join(deltas).strip() == final.text
+    assert final.timings_ms["first_token_ms"] <= final.timings_ms["total_ms"]
+
+
+def _cite_first_and_a_ghost(messages):
+    user = messages[-1]["content"]
+    assert '<source id="1"' in user  # sources are numbered and delimited
+    return "Ada-NETS builds clean graphs for GCN face clustering [1]. It also cures cancer [7]."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_mode_through_real_client(built_index, stream):
+    with OpenAIServer(_cite_first_and_a_ghost) as srv:
+        settings = Settings(data_dir=built_index, openai_base_url=srv.base_url, openai_api_key="sk-test",
+                            llm_model="stub-model", max_retries=0)
+        a = Assistant(settings)
+        assert a.mode == "openai"
+        q = "Which method clusters faces by building clean graphs for GCNs?"
+        if stream:
+            items = list(a.stream(q))
+            answer = items[-1]
+            assert len(items) > 3  # token deltas arrived one by one
+        else:
+            answer = a.ask(q)
+        assert answer.mode == "openai"
+        assert answer.invalid_citations == 1
+        assert "[7]" not in answer.text
+        assert [c.n for c in answer.citations] == [1]
+        assert answer.citations[0].paper_id == answer.contexts[0].paper_id
+        req = srv.requests[-1]
+        assert req["path"].endswith("/chat/completions")
+        assert req["body"]["model"] == "stub-model"
+        assert req["body"].get("stream", False) is True or not stream
+        assert req["headers"].get("authorization") == "Bearer sk-test"
+
+
+def test_openai_mode_abstain_sentence_is_recognised(built_index):
+    with OpenAIServer(ABSTAIN_TEXT) as srv:
+        a = Assistant(Settings(data_dir=built_index, openai_base_url=srv.base_url, max_retries=0))
+        answer = a.ask("Which paper clusters faces with GCNs?")
+        assert answer.abstained and answer.citations == []
+
+
+def test_openai_mode_server_error_is_a_clear_error(built_index):
+    with OpenAIServer() as srv:
+        srv.faults = [Fault(status=500)]
+        a = Assistant(Settings(data_dir=built_index, openai_base_url=srv.base_url, max_retries=0))
+        with pytest.raises(LLMError, match="HTTP 500"):
+            a.ask("Which paper clusters faces with GCNs?")
+
+
+def test_openai_mode_unreachable_server(built_index):
+    a = Assistant(Settings(data_dir=built_index, openai_base_url="http://127.0.0.1:9/v1", max_retries=0,
+                           request_timeout=5))
+    with pytest.raises(LLMError, match="cannot reach"):
+        a.ask("Which paper clusters faces with GCNs?")
+
+
+def test_lcel_rag_chain_returns_answer(built_index):
+    with OpenAIServer("Ada-NETS clusters faces [1].") as srv:
+        a = Assistant(Settings(data_dir=built_index, openai_base_url=srv.base_url, max_retries=0))
+        answer = a.rag_chain().invoke({"question": "Which paper clusters faces with GCNs?"})
+        assert answer.citations and answer.citations[0].n == 1
+
+
+def test_injected_llm_is_used(built_index):
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    llm = FakeListChatModel(responses=["From source two [2]."])
+    a = Assistant(Settings(data_dir=built_index), llm=llm)
+    answer = a.ask("Which paper clusters faces with GCNs?")
+    assert answer.mode == "openai" and [c.n for c in answer.citations] == [2]
