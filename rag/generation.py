@@ -84,6 +84,15 @@ def _mentions(token: str, evidence: str, evidence_terms: set[str] | None = None,
     return token.isalpha() and token.isupper() and 2 <= len(token) <= 6 and token.lower() in initials
 
 
+_FOCUS_RE = re.compile(r"^\W*(?:\w+\s+){0,2}?(?:which|what)\s+((?:[\w+-]+\s+){0,4}?)(?:does|do|did|is|are|was|were|has|have|had|can|could|make|makes)\b", re.I)
+
+
+def _focus_terms(question: str) -> list[str]:
+    """The kind of thing asked for ('Which datasets were used ...' -> ['dataset'])."""
+    m = _FOCUS_RE.search(question)
+    return content_terms(m.group(1)) if m else []
+
+
 def _quantity_noun(question: str) -> str | None:
     """What a numeric question measures ('How many epochs ...' -> 'epochs')."""
     m = _COUNTED_RE.search(question) or _METRIC_RE.search(question)
@@ -118,9 +127,9 @@ class ExtractiveAnswerer:
         total = sum(weights.values())
         return sum(w for t, w in weights.items() if t in have) / total if total else 1.0
 
-    def _named(self, question: str, contexts: list[Context]) -> list[Context]:
+    def _named(self, question: str, contexts: list[Context], top: Context) -> list[Context]:
         """Papers the question names: by the method name in the title, or by a specific
-        token (e.g. 'MemFace') that only one or two retrieved abstracts contain."""
+        token (e.g. 'MemFace') that the best paper lacks and only one or two others contain."""
         q = question.lower()
         named = []
         for c in contexts:
@@ -128,7 +137,7 @@ class ExtractiveAnswerer:
             if name and re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", q):
                 named.append(c)
         for token in _specific_tokens(question):
-            if len(token) < 3 or any(_mentions(token, f"{c.title} {c.abstract}") for c in named):
+            if len(token) < 3 or any(_mentions(token, f"{c.title} {c.abstract}") for c in named + [top]):
                 continue
             holders = [c for c in contexts if re.search(rf"(?<![\w]){re.escape(token)}(?![\w])", f"{c.title} {c.abstract}")]
             if 1 <= len(holders) <= 2:
@@ -146,20 +155,24 @@ class ExtractiveAnswerer:
         weights = self._weights(content_terms(question), idf)
         cov = {c.n: self._coverage(weights, f"{c.title} {c.abstract}") for c in contexts}
         rel = {c.n: c.dense + 0.5 * cov[c.n] for c in contexts}
-        named = self._named(question, contexts)
         ranked = sorted(contexts, key=lambda c: -rel[c.n])
         top = ranked[0]
+        named = self._named(question, contexts, top)
         if rel[top.n] < self.relevance_floor and not named:
             return {"abstain": f"weak evidence (relevance {rel[top.n]:.2f} < {self.relevance_floor})"}
         multi = bool(_MULTI_RE.search(question)) or len(named) > 1
-        chosen = named + ([top] if top not in named and (len(named) < 2) else [])
+        # A question that names its paper(s) is about them, even if another scores higher.
+        chosen = named if named and not (multi and len(named) < 2) else named + ([top] if top not in named else [])
         specific = _specific_tokens(question)
         if multi and len(named) < 2:
-            for c in ranked:
+            # Passage-level coverage: the question's words must meet in one passage.
+            prel = {c.n: c.dense + 0.5 * max((self._coverage(weights, f"{c.title} {p.text}") for p in c.passages),
+                                             default=0.0) for c in contexts}
+            for c in sorted(contexts, key=lambda c: -prel[c.n]):
                 if len(chosen) >= 4:
                     break
                 text = f"{c.title} {c.abstract}"
-                if c not in chosen and rel[c.n] >= rel[top.n] - self.multi_gap and c.dense >= s.min_relevance \
+                if c not in chosen and prel[c.n] >= prel[top.n] - self.multi_gap and c.dense >= s.min_relevance \
                         and all(_mentions(t, text) for t in specific):
                     chosen.append(c)
         evidence = " ".join(f"{c.title} {c.abstract}" for c in chosen)
@@ -170,9 +183,10 @@ class ExtractiveAnswerer:
             return {"abstain": f"evidence never mentions {', '.join(dict.fromkeys(missing))}"}
         wants_number = bool(_NUMBER_Q_RE.search(question))
         picks: dict[int, list[Passage]] = {}
-        budget = 3 if len(chosen) == 1 else (2 if len(chosen) == 2 else 1)
+        budget = {1: 3, 2: 3}.get(len(chosen), 2)
+        focus = _focus_terms(question)
         for c in chosen:
-            picks[c.n] = self._pick_passages(c, weights, wants_number, budget)
+            picks[c.n] = self._pick_passages(c, weights, wants_number, budget, focus)
         if wants_number:
             numbered = [p for c in chosen for p in c.passages if _has_quantity(p.text)]
             noun = _quantity_noun(question)
@@ -190,14 +204,19 @@ class ExtractiveAnswerer:
                     picks[c.n] = sorted(picks[c.n][: max(budget - 1, 1)] + [best], key=lambda p: p.index)
         return {"chosen": chosen, "picks": picks, "coverage": cov[top.n], "multi": multi}
 
-    def _pick_passages(self, c: Context, weights: dict[str, float], wants_number: bool, budget: int) -> list[Passage]:
-        """Greedy: the best passage, then those that cover question words still uncovered."""
+    def _pick_passages(self, c: Context, weights: dict[str, float], wants_number: bool, budget: int,
+                       focus: list[str] = ()) -> list[Passage]:
+        """Greedy: the best passage, then those that cover question words still uncovered.
+        Passages naming the kind of thing asked for (the focus) come first."""
+        focus_w = {t: 1.0 for t in focus}
         remaining = dict(weights)
         pool = list(c.passages)
         picked: list[Passage] = []
         while pool and len(picked) < budget:
             def gain(p: Passage) -> float:
                 bonus = 0.15 if wants_number and _has_quantity(p.text) else 0.0
+                if focus_w and not picked:
+                    bonus += 0.3 * self._coverage(focus_w, p.text)
                 return p.score + 0.5 * self._coverage(remaining, p.text) * (sum(remaining.values()) /
                                                                            max(sum(weights.values()), 1e-9)) + bonus
             best = max(pool, key=gain)
