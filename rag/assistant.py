@@ -83,12 +83,14 @@ class Assistant:
         return self.store.ingest(load_bundled(), progress=progress)
 
     def papers(self, search: str | None = None) -> list[Paper]:
+        """All papers by title; with `search`, title (and id) matches first, then abstract matches."""
         papers = sorted(self.store.all_papers().values(), key=lambda p: p.title.lower())
-        if search:
-            needle = search.lower()
-            papers = [p for p in papers if needle in p.title.lower() or needle in p.abstract.lower()
-                      or needle == p.id.lower()]
-        return papers
+        if not search:
+            return papers
+        needle = search.lower().strip()
+        in_title = [p for p in papers if needle in p.title.lower() or needle == p.id.lower()]
+        in_abstract = [p for p in papers if p not in in_title and needle in p.abstract.lower()]
+        return in_title + in_abstract
 
     # --- asking -----------------------------------------------------------------
     def _clean_question(self, question: str) -> tuple[str, str | None]:
