@@ -93,7 +93,7 @@ class Chunker:
 
         splitter = RecursiveCharacterTextSplitter.from_tiktoken_encoder(
             encoding_name=self.encoding_name, chunk_size=self.chunk_tokens, chunk_overlap=0,
-            separators=["; ", ", ", " ", ""])
+            separators=["; ", ", ", " ", ""], keep_separator="end")
         return [p.strip() for p in splitter.split_text(sentence) if p.strip()]
 
     def split_text(self, text: str) -> list[str]:

@@ -72,11 +72,16 @@ def find_urls(text: str) -> tuple[str, ...]:
 
 
 def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
-    """Load and validate several files as one corpus; duplicates are kept once."""
+    """Load and validate several files as one corpus; duplicates are kept once.
+
+    Explicit ids are the user's and are kept; generated ids (title slugs) are assigned
+    afterwards so they step aside for explicit ones, wherever those appear.
+    """
     result = LoadResult()
     seen_titles: dict[str, str] = {}
     seen_content: dict[str, str] = {}
-    used_ids: set[str] = set()
+    accepted: list[tuple[Paper, bool]] = []  # (paper, has explicit id)
+    explicit: dict[str, tuple[Path, int]] = {}
     for path in paths:
         path = Path(path)
         for line, raw in _records(path, result.errors):
@@ -89,20 +94,25 @@ def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
             if first is not None:
                 result.duplicates.append(f"{path.name}:{line}: '{paper.title[:60]}' duplicates {first}")
                 continue
-            pid = paper.id
-            if "id" not in raw:
-                # Auto ids must not collide with another paper's slug; explicit ids are the user's.
-                base, n = pid, 2
-                while pid in used_ids:
-                    pid, n = f"{base}-{n}", n + 1
-                paper = _replace_id(paper, pid)
-            elif pid in used_ids:
-                result.errors.append(CorpusError(f"id '{pid}' is used twice", file=str(path),
-                                                 line=line, field="id"))
+            has_id = "id" in raw
+            if has_id and paper.id in explicit:
+                where = explicit[paper.id]
+                result.errors.append(CorpusError(f"id '{paper.id}' is already used at {where[0].name}:{where[1]}",
+                                                 file=str(path), line=line, field="id"))
                 continue
-            used_ids.add(pid)
-            seen_titles[title_key] = seen_content[content_key] = pid
-            result.papers.append(paper)
+            if has_id:
+                explicit[paper.id] = (path, line)
+            seen_titles[title_key] = seen_content[content_key] = paper.id
+            accepted.append((paper, has_id))
+    used = set(explicit)
+    for paper, has_id in accepted:
+        if not has_id:
+            pid, n = paper.id, 2
+            while pid in used:
+                pid, n = f"{paper.id}-{n}", n + 1
+            used.add(pid)
+            paper = paper if pid == paper.id else _replace_id(paper, pid)
+        result.papers.append(paper)
     return result
 
 
@@ -243,8 +253,11 @@ def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusErr
     year = raw.get("year")
     if year not in (None, ""):
         try:
-            year = int(str(year).strip())
-        except ValueError:
+            as_float = float(str(year).strip())
+            if not as_float.is_integer():
+                raise ValueError
+            year = int(as_float)
+        except (ValueError, OverflowError):
             return bad(f"year '{year}' is not a whole number", "year")
     else:
         year = None
