@@ -107,6 +107,7 @@ class ExtractiveAnswerer:
 
     relevance_floor = 0.68  # dense similarity + coverage / 2 of the best paper
     multi_gap = 0.2  # how far below the best paper a further paper may score in a list answer
+    multi_dense_floor = 0.35  # ... or, covering the question as well as the best, how similar it must be
     focus_floor = 0.34  # a number must come with the thing asked about
 
     def __init__(self, settings: Settings):
@@ -166,14 +167,16 @@ class ExtractiveAnswerer:
         specific = _specific_tokens(question)
         if multi and len(named) < 2:
             # Passage-level coverage: the question's words must meet in one passage.
-            prel = {c.n: c.dense + 0.5 * max((self._coverage(weights, f"{c.title} {p.text}") for p in c.passages),
-                                             default=0.0) for c in contexts}
+            pcov = {c.n: max((self._coverage(weights, f"{c.title} {p.text}") for p in c.passages), default=0.0)
+                    for c in contexts}
+            prel = {c.n: c.dense + 0.5 * pcov[c.n] for c in contexts}
             for c in sorted(contexts, key=lambda c: -prel[c.n]):
                 if len(chosen) >= 4:
                     break
-                text = f"{c.title} {c.abstract}"
-                if c not in chosen and prel[c.n] >= prel[top.n] - self.multi_gap and c.dense >= s.min_relevance \
-                        and all(_mentions(t, text) for t in specific):
+                close = prel[c.n] >= prel[top.n] - self.multi_gap or (
+                    pcov[c.n] >= 0.9 * pcov[top.n] and c.dense >= self.multi_dense_floor)
+                if c not in chosen and close and c.dense >= s.min_relevance \
+                        and all(_mentions(t, f"{c.title} {c.abstract}") for t in specific):
                     chosen.append(c)
         evidence = " ".join(f"{c.title} {c.abstract}" for c in chosen)
         have = set(terms(evidence))
