@@ -33,7 +33,7 @@ class Assistant:
         self._embeddings = embeddings
         self._store = store
         self._retriever: Retriever | None = None
-        self._extractive = ExtractiveAnswerer(self.settings)
+        self._extractive: ExtractiveAnswerer | None = None
         self._chains: dict[str, Any] = {}
 
     # --- parts, built lazily ------------------------------------------------
@@ -48,6 +48,12 @@ class Assistant:
         if self._retriever is None:
             self._retriever = Retriever(self.settings, self.store)
         return self._retriever
+
+    @property
+    def extractive(self) -> ExtractiveAnswerer:
+        if self._extractive is None:
+            self._extractive = ExtractiveAnswerer(self.settings, embed=self.store.embedder.embed)
+        return self._extractive
 
     @property
     def llm(self):
@@ -123,7 +129,7 @@ class Assistant:
         t1 = time.perf_counter()
         draft: Draft | None = None
         first_token: float | None = None
-        pieces = self._extractive.stream(q, retrieval.contexts, retrieval.idf) if mode == "extractive" \
+        pieces = self.extractive.stream(q, retrieval.contexts, retrieval.idf, retrieval.query_vec) if mode == "extractive" \
             else self._llm_stream(q, retrieval)
         for piece in pieces:
             if isinstance(piece, Draft):

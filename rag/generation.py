@@ -10,8 +10,12 @@ lives in the assistant.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
+
+import numpy as np
 
 from .chunking import split_sentences
 from .errors import ConfigError
@@ -109,9 +113,37 @@ class ExtractiveAnswerer:
     multi_gap = 0.2  # how far below the best paper a further paper may score in a list answer
     multi_dense_floor = 0.35  # ... or, covering the question as well as the best, how similar it must be
     focus_floor = 0.34  # a number must come with the thing asked about
+    min_gain_ratio = 0.35  # stop quoting when a sentence adds less than this share of the first one's value
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, embed: Callable[[list[str]], np.ndarray] | None = None):
         self.settings = settings
+        self.embed = embed  # sentence embeddings sharpen the choice of what to quote
+        self._sentence_vecs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _vectors(self, sentences: list[str]) -> list[np.ndarray]:
+        """Sentence vectors, cached by text: the same abstracts come back question after question."""
+        with self._lock:
+            missing = list(dict.fromkeys(s for s in sentences if s not in self._sentence_vecs))
+        if missing:
+            fresh = self.embed(missing)
+            with self._lock:
+                for s, v in zip(missing, fresh):
+                    self._sentence_vecs[s] = v
+                while len(self._sentence_vecs) > 50_000:
+                    self._sentence_vecs.popitem(last=False)
+        with self._lock:
+            return [self._sentence_vecs[s] for s in sentences]
+
+    def _sentence_units(self, c: Context, query_vec: np.ndarray | None) -> list[Passage]:
+        """The paper's passages split into sentences, each scored against the question
+        (blended with its passage's score, since a lone sentence loses context)."""
+        units = [(p, s) for p in sorted(c.passages, key=lambda p: p.index) for s in split_sentences(p.text)]
+        if self.embed is None or query_vec is None or not units:
+            return c.passages
+        vecs = self._vectors([s for _, s in units])
+        return [Passage(p.chunk_id, s, i, 0.6 * float(v @ query_vec) + 0.4 * p.score)
+                for i, ((p, s), v) in enumerate(zip(units, vecs))]
 
     # --- analysis ------------------------------------------------------------
     @staticmethod
@@ -145,7 +177,8 @@ class ExtractiveAnswerer:
                 named.extend(c for c in holders if c not in named)
         return named
 
-    def plan(self, question: str, contexts: list[Context], idf: dict[str, float]) -> dict:
+    def plan(self, question: str, contexts: list[Context], idf: dict[str, float],
+             query_vec: np.ndarray | None = None) -> dict:
         """Decide which papers and passages answer the question, or that none do."""
         s = self.settings
         if not contexts:
@@ -186,12 +219,15 @@ class ExtractiveAnswerer:
             return {"abstain": f"evidence never mentions {', '.join(dict.fromkeys(missing))}"}
         wants_number = bool(_NUMBER_Q_RE.search(question))
         picks: dict[int, list[Passage]] = {}
-        budget = {1: 3, 2: 3}.get(len(chosen), 2)
+        units = {c.n: self._sentence_units(c, query_vec) for c in chosen}
+        by_sentence = units[chosen[0].n] is not chosen[0].passages
+        m = s.max_sentences if by_sentence else max(1, s.max_sentences // 2)
+        budget = m if len(chosen) == 1 else max(2, m * 2 // 3) if len(chosen) == 2 else max(2, m // 2)
         focus = _focus_terms(question)
         for c in chosen:
-            picks[c.n] = self._pick_passages(c, weights, wants_number, budget, focus)
+            picks[c.n] = self._pick_passages(units[c.n], weights, wants_number, budget, focus)
         if wants_number:
-            numbered = [p for c in chosen for p in c.passages if _has_quantity(p.text)]
+            numbered = [p for c in chosen for p in units[c.n] if _has_quantity(p.text)]
             noun = _quantity_noun(question)
             if noun:
                 numbered = [p for p in numbered if _mentions(noun, p.text)]
@@ -202,19 +238,20 @@ class ExtractiveAnswerer:
             if not numbered:
                 return {"abstain": f"a number was asked for{f' ({noun})' if noun else ''} and the evidence states none"}
             for c in chosen:  # make sure the number itself is quoted
-                best = max((p for p in numbered if p in c.passages), key=lambda p: p.score, default=None)
+                best = max((p for p in numbered if p in units[c.n]), key=lambda p: p.score, default=None)
                 if best is not None and best not in picks[c.n]:
                     picks[c.n] = sorted(picks[c.n][: max(budget - 1, 1)] + [best], key=lambda p: p.index)
         return {"chosen": chosen, "picks": picks, "coverage": cov[top.n], "multi": multi}
 
-    def _pick_passages(self, c: Context, weights: dict[str, float], wants_number: bool, budget: int,
+    def _pick_passages(self, passages: list[Passage], weights: dict[str, float], wants_number: bool, budget: int,
                        focus: list[str] = ()) -> list[Passage]:
         """Greedy: the best passage, then those that cover question words still uncovered.
         Passages naming the kind of thing asked for (the focus) come first."""
         focus_w = {t: 1.0 for t in focus}
         remaining = dict(weights)
-        pool = list(c.passages)
+        pool = list(passages)
         picked: list[Passage] = []
+        first_gain = 0.0
         while pool and len(picked) < budget:
             def gain(p: Passage) -> float:
                 bonus = 0.15 if wants_number and _has_quantity(p.text) else 0.0
@@ -223,8 +260,10 @@ class ExtractiveAnswerer:
                 return p.score + 0.5 * self._coverage(remaining, p.text) * (sum(remaining.values()) /
                                                                            max(sum(weights.values()), 1e-9)) + bonus
             best = max(pool, key=gain)
-            if picked and gain(best) < 0.35:
+            if picked and gain(best) < self.min_gain_ratio * first_gain:
                 break
+            if not picked:
+                first_gain = gain(best)
             picked.append(best)
             pool.remove(best)
             have = set(terms(best.text))
@@ -232,9 +271,10 @@ class ExtractiveAnswerer:
         return sorted(picked, key=lambda p: p.index)
 
     # --- composition -----------------------------------------------------------
-    def stream(self, question: str, contexts: list[Context], idf: dict[str, float]) -> Iterator[str | Draft]:
+    def stream(self, question: str, contexts: list[Context], idf: dict[str, float],
+               query_vec: np.ndarray | None = None) -> Iterator[str | Draft]:
         """Yield text pieces as they are composed, then the finished `Draft`."""
-        plan = self.plan(question, contexts, idf)
+        plan = self.plan(question, contexts, idf, query_vec)
         if "abstain" in plan:
             yield ABSTAIN_TEXT
             yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": plan["abstain"]})
@@ -253,8 +293,9 @@ class ExtractiveAnswerer:
         yield Draft("".join(pieces).strip(), abstained=False, snippets=snippets,
                     meta={"coverage": round(plan["coverage"], 3), "multi": plan["multi"]})
 
-    def answer(self, question: str, contexts: list[Context], idf: dict[str, float]) -> Draft:
-        *_, draft = self.stream(question, contexts, idf)
+    def answer(self, question: str, contexts: list[Context], idf: dict[str, float],
+               query_vec: np.ndarray | None = None) -> Draft:
+        *_, draft = self.stream(question, contexts, idf, query_vec)
         return draft
 
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     mode: Literal["auto", "extractive", "openai"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'.")
     min_relevance: float = Field(0.30, ge=0, le=1, description="Abstain when the best passage's cosine similarity is below this.")
     max_question_chars: int = Field(2000, ge=50, description="Longer questions are truncated (with a notice).")
-    max_sentences: int = Field(4, ge=1, le=20, description="Sentences quoted by the extractive answer.")
+    max_sentences: int = Field(6, ge=1, le=20, description="Most sentences the extractive answer quotes from one paper (fewer per paper when it cites several).")
 
     # LLM (openai mode)
     llm_model: str = Field("gpt-4o-mini", description="Chat model name for the 'openai' mode.")
