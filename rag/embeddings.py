@@ -8,6 +8,7 @@ short query costs what it is.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from pathlib import Path
@@ -170,6 +171,65 @@ class OpenAIEmbedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+
+class EmbeddingCache:
+    """Vectors keyed by a hash of (model, text) in SQLite, so rebuilding an index or
+    resuming a killed ingest re-embeds nothing that was embedded before."""
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model_id: str, text: str) -> str:
+        return hashlib.sha256(f"{model_id}\x1f{text}".encode()).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                part = keys[start:start + 500]
+                rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+                out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        return out
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                 [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+
+
+class CachedEmbedder:
+    """An embedder whose batch calls go through an `EmbeddingCache` (queries do not)."""
+
+    def __init__(self, inner, cache: EmbeddingCache):
+        self.inner, self.cache = inner, cache
+        self.model_id = inner.model_id
+        self.hits = self.misses = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [EmbeddingCache.key(self.model_id, t) for t in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
+        if todo:
+            fresh = self.inner.embed(todo)
+            new = [(EmbeddingCache.key(self.model_id, t), v) for t, v in zip(todo, fresh)]
+            self.cache.put_many(new)
+            found.update(new)
+        self.hits += len(texts) - len(todo)
+        self.misses += len(todo)
+        if not texts:
+            return self.inner.embed([])
+        return np.stack([found[k] for k in keys])
 
 
 _cache: dict[tuple, Any] = {}

@@ -6,10 +6,15 @@ others, which is what multi-paper questions need.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,23 +35,78 @@ class Retrieval:
 
 
 class LexicalIndex:
-    """BM25 over title + abstract of every paper, rebuilt when the store's revision changes."""
+    """BM25 over title + abstract of every paper.
 
-    def __init__(self, papers: dict):
+    Persisted beside the vector index: the BM25 matrix is reloaded as long as the store's
+    revision is unchanged, and after an ingest only new or changed papers are tokenized
+    (tokens are cached per paper by content hash).
+    """
+
+    def __init__(self, ids: list[str], docs: list[list[str]]):
         import bm25s
 
-        self.ids = list(papers)
-        docs = [terms(f"{p.title} {p.title} {p.abstract}") for p in papers.values()]
+        self.ids = ids
         self.bm25 = bm25s.BM25(k1=1.2, b=0.75)
-        self.bm25.index(docs, show_progress=False) if docs else None
+        if docs:
+            self.bm25.index(docs, show_progress=False)
         df: dict[str, int] = {}
         for d in docs:
             for t in set(d):
                 df[t] = df.get(t, 0) + 1
-        n = max(len(docs), 1)
-        self.n_docs = n
+        self._set_idf(df, len(docs))
+
+    def _set_idf(self, df: dict[str, int], n_docs: int) -> None:
+        n = max(n_docs, 1)
+        self.df = df
         self.idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
         self.oov_idf = math.log(1 + (n + 0.5) / 0.5)
+
+    @staticmethod
+    def doc_text(p) -> str:
+        return f"{p.title} {p.title} {p.abstract}"
+
+    @classmethod
+    def load_or_build(cls, papers: dict, revision: str, folder: Path | None) -> "LexicalIndex":
+        if folder is not None:
+            loaded = cls._load(folder, revision)
+            if loaded is not None:
+                return loaded
+        cache = _TokenCache(folder / "tokens.json" if folder else None)
+        ids = list(papers)
+        docs = [cache.tokens(pid, cls.doc_text(papers[pid])) for pid in ids]
+        index = cls(ids, docs)
+        if folder is not None:
+            try:
+                cache.save(keep=set(ids))
+                index._save(folder, revision)
+            except OSError:
+                pass  # another process is writing it, or the disk is read-only: still usable in memory
+        return index
+
+    def _save(self, folder: Path, revision: str) -> None:
+        tmp = folder / f"bm25.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.bm25.save(str(tmp))
+        (tmp / "lexical.json").write_text(json.dumps({"revision": revision, "ids": self.ids, "df": self.df}))
+        shutil.rmtree(folder / "bm25", ignore_errors=True)
+        tmp.replace(folder / "bm25")
+
+    @classmethod
+    def _load(cls, folder: Path, revision: str) -> "LexicalIndex | None":
+        import bm25s
+
+        meta_path = folder / "bm25" / "lexical.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta["revision"] != revision:
+                return None
+            index = cls.__new__(cls)
+            index.ids = meta["ids"]
+            index.bm25 = bm25s.BM25.load(str(folder / "bm25"), mmap=False)
+            index._set_idf(meta["df"], len(index.ids))
+            return index
+        except (OSError, ValueError, KeyError):
+            return None  # missing or damaged: rebuild from the store
 
     def term_idf(self, term: str) -> float:
         return self.idf.get(term, self.oov_idf)
@@ -56,6 +116,37 @@ class LexicalIndex:
         if not self.ids or not known:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.bm25.get_scores(known), dtype=np.float32)
+
+
+class _TokenCache:
+    """Stemmed tokens per paper, keyed by a hash of the text they came from."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        if path is not None and path.exists():
+            try:
+                self.entries = json.loads(path.read_text())
+            except ValueError:
+                self.entries = {}
+
+    def tokens(self, pid: str, text: str) -> list[str]:
+        h = hashlib.sha1(text.encode()).hexdigest()[:16]
+        hit = self.entries.get(pid)
+        if hit and hit[0] == h:
+            return hit[1]
+        toks = terms(text)
+        self.entries[pid] = [h, toks]
+        return toks
+
+    def save(self, keep: set[str]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {k: v for k, v in self.entries.items() if k in keep}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.path)
 
 
 class Retriever:
@@ -69,7 +160,8 @@ class Retriever:
         rev = self.store.revision()
         with self._lock:
             if self._lexical is None or self._lexical[0] != rev:
-                self._lexical = (rev, LexicalIndex(self.store.all_papers()))
+                folder = self.settings.data_dir / "lexical" / self.settings.collection
+                self._lexical = (rev, LexicalIndex.load_or_build(self.store.all_papers(), rev, folder))
             return self._lexical[1]
 
     def retrieve(self, question: str, k: int | None = None, paper_ids: Sequence[str] | None = None) -> Retrieval:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .chunking import Chunker
-from .embeddings import MAX_TOKENS, get_embedder
+from .embeddings import MAX_TOKENS, CachedEmbedder, EmbeddingCache, get_embedder
 from .errors import ConfigError, IndexMismatchError, IndexMissingError, RagError
 from .settings import Settings
 from .types import Chunk, Paper
@@ -82,6 +82,7 @@ class PaperStore:
     def __init__(self, settings: Settings, embedder=None, client=None):
         self.settings = settings
         self.embedder = embedder if embedder is not None else get_embedder(settings)
+        self._ingest_embedder: CachedEmbedder | None = None
         self.client = client if client is not None else make_client(settings)
         self._chunker: Chunker | None = None
         self._write_lock = threading.Lock()
@@ -98,6 +99,13 @@ class PaperStore:
                                     cache_dir=self.settings.cache_dir, max_model_tokens=MAX_TOKENS,
                                     count_model_tokens=self.embedder.count_tokens)
         return self._chunker
+
+    @property
+    def ingest_embedder(self) -> CachedEmbedder:
+        """Ingest embeds through a persistent cache; queries go to the model directly."""
+        if self._ingest_embedder is None:
+            self._ingest_embedder = CachedEmbedder(self.embedder, EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite"))
+        return self._ingest_embedder
 
     def _collection(self, name: str):
         model_id = self.embedder.model_id
@@ -186,7 +194,7 @@ class PaperStore:
         new_chunks = [c for _, _, chunks in batch for c in chunks if c.id not in existing_chunks]
         vectors: dict[str, np.ndarray] = {}
         if new_chunks:
-            emb = self.embedder.embed([c.embed_text for c in new_chunks])
+            emb = self.ingest_embedder.embed([c.embed_text for c in new_chunks])
             vectors.update(zip((c.id for c in new_chunks), emb))
             self._add_chunks(new_chunks, emb)
             existing_chunks.update(c.id for c in new_chunks)
@@ -196,23 +204,29 @@ class PaperStore:
         if reused:
             got = self.chunks.get(ids=reused, include=["embeddings"])
             vectors.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+        rows = []
         for p, h, chunks in batch:
             mean = np.mean([vectors[c.id] for c in chunks], axis=0)
             mean /= max(float(np.linalg.norm(mean)), 1e-12)
-            self.papers.upsert(ids=[p.id], documents=[p.abstract], embeddings=[mean.tolist()],
-                               metadatas=[self._paper_meta(p, h, chunks)])
+            rows.append((p, mean, self._paper_meta(p, h, chunks)))
+        # Paper records go in after their chunks: a record is the commit marker of its paper.
+        self.papers.upsert(ids=[p.id for p, _, _ in rows], documents=[p.abstract for p, _, _ in rows],
+                           embeddings=[m.tolist() for _, m, _ in rows], metadatas=[meta for _, _, meta in rows])
+        stale: list[str] = []
+        for p, _, chunks in batch:
             old = records.get(p.id)
             if old:
-                stale = [cid for cid in old["chunk_ids"] if cid not in {c.id for c in chunks}]
-                if stale:
-                    self.chunks.delete(ids=stale)
-                    existing_chunks.difference_update(stale)
-                    report.chunks_deleted += len(stale)
+                keep = {c.id for c in chunks}
+                stale.extend(cid for cid in old["chunk_ids"] if cid not in keep)
                 report.updated.append(p.id)
             else:
                 report.added.append(p.id)
-            if bar is not None:
-                bar.update(1)
+        if stale:
+            self.chunks.delete(ids=stale)
+            existing_chunks.difference_update(stale)
+            report.chunks_deleted += len(stale)
+        if bar is not None:
+            bar.update(len(batch))
 
     def _add_chunks(self, chunks: list[Chunk], emb: np.ndarray) -> None:
         step = max(1, min(5000, self.client.get_max_batch_size()))

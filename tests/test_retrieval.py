@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from rag.corpus import load_bundled
@@ -103,14 +104,37 @@ def test_paper_ids_filter_restricts_results(retriever):
 
 def test_lexical_index_scores():
     papers = {p.id: p for p in load_bundled()[:20]}
-    lex = LexicalIndex(papers)
+    lex = LexicalIndex.load_or_build(papers, "rev-1", None)
     assert lex.ids == list(papers)
     scores = lex.scores(terms("Ada-NETS face clustering"))
     assert lex.ids[int(scores.argmax())] == "ada-nets-face-clustering-via-adaptive-neighbour"
     assert not lex.scores(terms("zyxwvut qqqq")).any()  # unknown words score nothing
     assert lex.term_idf("zyxwvut") == lex.oov_idf > max(lex.idf.values())
-    empty = LexicalIndex({})
+    empty = LexicalIndex.load_or_build({}, "rev-0", None)
     assert empty.scores(["face"]).shape == (0,)
+
+
+def test_lexical_index_is_persisted_and_updated_incrementally(tmp_path, monkeypatch):
+    import rag.retrieval as retrieval
+
+    papers = {p.id: p for p in load_bundled()[:20]}
+    folder = tmp_path / "lexical"
+    first = LexicalIndex.load_or_build(papers, "rev-1", folder)
+    assert (folder / "bm25" / "lexical.json").exists() and (folder / "tokens.json").exists()
+
+    calls = []
+    real_terms = retrieval.terms
+    monkeypatch.setattr(retrieval, "terms", lambda text, *a, **k: calls.append(text) or real_terms(text, *a, **k))
+    again = LexicalIndex.load_or_build(papers, "rev-1", folder)  # same revision: loaded, nothing tokenized
+    assert calls == [] and again.ids == first.ids
+    q = terms("Ada-NETS face clustering")
+    assert np.allclose(again.scores(q), first.scores(q))
+
+    extra = load_bundled()[20]
+    grown = {**papers, extra.id: extra}
+    updated = LexicalIndex.load_or_build(grown, "rev-2", folder)  # one new paper: only it is tokenized
+    assert len(calls) == 1 and extra.title in calls[0]
+    assert updated.ids[-1] == extra.id
 
 
 def test_lexical_index_rebuilds_when_store_changes(index_copy):

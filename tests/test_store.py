@@ -328,3 +328,20 @@ def test_bundled_index_has_119_papers(built_index):
     assert set(store.all_papers()) == {p.id for p in load_bundled()}
     assert store.chunks.count() > 119
     _assert_consistent(store)
+
+
+def test_rebuild_after_delete_reuses_cached_embeddings(tmp_path):
+    from rag.corpus import load_bundled
+
+    settings = Settings(data_dir=tmp_path / "cached")
+    store = PaperStore(settings)
+    papers = load_bundled()[:6]
+    first = store.ingest(papers)
+    assert store.ingest_embedder.misses == first.chunks_embedded > 0
+    store.delete_papers([p.id for p in papers])
+    assert store.count() == 0
+    before = store.ingest_embedder.misses
+    again = store.ingest(papers)
+    assert again.chunks_embedded == first.chunks_embedded  # rewritten to Chroma...
+    assert store.ingest_embedder.misses == before  # ...without running the model again
+    assert store.count() == 6
