@@ -174,8 +174,13 @@ class Assistant:
     # --- the openai mode ---------------------------------------------------------------
     def answer_chain(self):
         """LCEL: {question, sources} -> prompt -> chat model -> text."""
+        from langchain_core.output_parsers import StrOutputParser
+
+        return self.message_chain() | StrOutputParser()
+
+    def message_chain(self):
+        """LCEL: {question, sources} -> prompt -> chat model (message chunks, with metadata)."""
         if "answer" not in self._chains:
-            from langchain_core.output_parsers import StrOutputParser
             from langchain_core.prompts import ChatPromptTemplate
 
             system = load_prompt("answer_system", _ANSWER_VARS).format(
@@ -183,7 +188,7 @@ class Assistant:
             user = load_prompt("answer_user", {"sources", "question"})
             prompt = ChatPromptTemplate.from_messages(
                 [("system", system.replace("{", "{{").replace("}", "}}")), ("human", user)])
-            self._chains["answer"] = prompt | self.llm | StrOutputParser()
+            self._chains["answer"] = prompt | self.llm
         return self._chains["answer"]
 
     def rag_chain(self):
@@ -207,9 +212,13 @@ class Assistant:
             yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": f"best similarity {best:.2f}"})
             return
         parts: list[str] = []
+        finished = False
         try:
-            for delta in self.answer_chain().stream({"question": question,
-                                                     "sources": format_sources(retrieval.contexts)}):
+            for chunk in self.message_chain().stream({"question": question,
+                                                      "sources": format_sources(retrieval.contexts)}):
+                meta = getattr(chunk, "response_metadata", None) or {}
+                finished = finished or bool(meta.get("finish_reason"))
+                delta = chunk.content if isinstance(chunk.content, str) else ""
                 if delta:
                     parts.append(delta)
                     yield delta
@@ -221,8 +230,11 @@ class Assistant:
             raise LLMError(f"cannot reach the language model at {self.settings.openai_base_url or 'api.openai.com'}") from None
         except openai.APIStatusError as exc:
             raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
-        except openai.OpenAIError as exc:
-            raise LLMError(f"the language model failed: {type(exc).__name__}") from None
+        except (openai.OpenAIError, ValueError) as exc:
+            raise LLMError(f"the language model sent a reply that could not be read ({type(exc).__name__})") from None
+        if not finished and getattr(self.llm, "streaming", False):
+            # OpenAI-compatible streams end with a finish_reason; without it the answer was cut off.
+            raise LLMError("the language model's answer was cut off mid-stream")
         yield Draft("".join(parts), abstained=False)
 
     def _finish(self, question: str, mode: str, retrieval: Retrieval, draft: Draft) -> Answer:
