@@ -55,6 +55,11 @@ class IndexMissingError(RagError):
     hint = "Build it with `rag ingest` (or `rag ingest --bundled` for the bundled corpus)."
 
 
+class IndexCorruptError(RagError):
+    hint = ("Remove that folder and run `rag ingest` to rebuild it; the embedding cache beside it "
+            "is kept, so the rebuild is quick.")
+
+
 class IndexMismatchError(RagError):
     hint = ("Use the embedding model the index was built with, or rebuild it with "
             "`rag ingest --rebuild` (or point RAG_DATA_DIR at a new folder).")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .chunking import Chunker
 from .embeddings import MAX_TOKENS, CachedEmbedder, EmbeddingCache, get_embedder
-from .errors import ConfigError, IndexMismatchError, IndexMissingError, RagError
+from .errors import ConfigError, IndexCorruptError, IndexMismatchError, IndexMissingError, RagError
 from .settings import Settings
 from .types import Chunk, Paper
 
@@ -62,14 +62,27 @@ def make_client(settings: Settings):
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=True)
+    import chromadb.errors
+
     if settings.chroma_url:
         url = urlparse(settings.chroma_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(f"RAG_CHROMA_URL '{settings.chroma_url}' is not an http(s)://host:port URL")
-        return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
-                                   ssl=url.scheme == "https", settings=chroma_settings)
-    settings.chroma_path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
+        try:
+            return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
+                                       ssl=url.scheme == "https", settings=chroma_settings)
+        except Exception as exc:  # the client checks the server at construction
+            raise ConfigError(f"cannot reach the Chroma server at {settings.chroma_url} ({type(exc).__name__})",
+                              "Start it with `chroma run --path DIR --port PORT`, or unset RAG_CHROMA_URL "
+                              "to use the embedded store.") from None
+    path = settings.chroma_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    except (OSError, chromadb.errors.ChromaError, BaseException) as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise IndexCorruptError(f"the index at {path} cannot be opened ({type(exc).__name__}: {exc})") from None
 
 
 def content_hash(paper: Paper, chunker_signature: str) -> str:

@@ -345,3 +345,21 @@ def test_rebuild_after_delete_reuses_cached_embeddings(tmp_path):
     assert again.chunks_embedded == first.chunks_embedded  # rewritten to Chroma...
     assert store.ingest_embedder.misses == before  # ...without running the model again
     assert store.count() == 6
+
+
+def test_corrupt_index_is_a_clear_error(tmp_path):
+    from rag.errors import IndexCorruptError
+
+    settings = Settings(data_dir=tmp_path / "broken")
+    settings.chroma_path.mkdir(parents=True)
+    (settings.chroma_path / "chroma.sqlite3").write_bytes(b"this is not a database")
+    with pytest.raises(IndexCorruptError) as exc:
+        PaperStore(settings)
+    assert str(settings.chroma_path) in exc.value.message and "rag ingest" in exc.value.hint
+
+
+def test_unreachable_chroma_server_is_a_clear_error(tmp_path):
+    from rag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot reach the Chroma server"):
+        PaperStore(Settings(data_dir=tmp_path, chroma_url="http://127.0.0.1:9"))
