@@ -38,6 +38,11 @@ _METRIC_RE = re.compile(r"^\W*what\s+((?:[\w+-]+\s+){0,3}?[\w+-]+?)\s+(?:does|do
 _NUMBER_WORDS = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion|dozen)s?\b", re.I)
 
 
+def _defuse_markers(sentence: str) -> str:
+    """An abstract's own reference marks ('like [11]') must not read as our citations."""
+    return re.sub(r"\[(\s*\d[\d\s,;\u2013-]*)\]", r"(\1)", sentence)
+
+
 def _has_quantity(text: str) -> bool:
     return has_number(text) or bool(_NUMBER_WORDS.search(text))
 
@@ -283,7 +288,7 @@ class ExtractiveAnswerer:
         snippets: dict[int, str] = {}
         bullets = len(plan["chosen"]) > 1
         for c in plan["chosen"]:
-            quoted = [s for p in plan["picks"][c.n] for s in split_sentences(p.text)]
+            quoted = [_defuse_markers(s) for p in plan["picks"][c.n] for s in split_sentences(p.text)]
             snippets[c.n] = " ".join(p.text for p in plan["picks"][c.n])
             lead = f"{'- ' if bullets else ''}\u201c{c.title}\u201d [{c.n}]:"
             piece = lead + "".join(f" {s} [{c.n}]" for s in quoted)
