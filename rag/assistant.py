@@ -52,7 +52,7 @@ class Assistant:
     @property
     def extractive(self) -> ExtractiveAnswerer:
         if self._extractive is None:
-            self._extractive = ExtractiveAnswerer(self.settings, embed=self.store.embedder.embed)
+            self._extractive = ExtractiveAnswerer(self.settings, embed=self.store.ingest_embedder.embed)
         return self._extractive
 
     @property
