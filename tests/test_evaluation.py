@@ -12,7 +12,8 @@ import pytest
 
 from rag import Assistant, Settings
 from rag.errors import ConfigError
-from rag.evaluation import (HEADLINE, Question, SupportChecker, answer_sentences, citation_pr, compare,
+from rag.support import SupportChecker, answer_sentences
+from rag.evaluation import (HEADLINE, Question, citation_pr, compare,
                             fact_in, format_compare, grade, hit_at_k, is_pubmedqa, judge_answer,
                             key_fact_recall, load_pubmedqa, load_questions, mrr, ndcg_at, parse_judge_score,
                             problems, pubmedqa_assistant, recall_at_k, run, run_retrieval, summarise,
