@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .support import SUPPORT_COSINE, SUPPORT_OVERLAP, SupportChecker
+from .support import SupportChecker
 from .types import Answer, Paper
 
 ROOT = Path(__file__).resolve().parents[1]
