@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema in README)")
     p.add_argument("--k", type=int, help="papers to retrieve (default 5)")
-    p.add_argument("--mode", choices=["extractive", "openai"], help="answer mode (default: openai if configured)")
+    p.add_argument("--mode", choices=["extractive", "openai", "local"],
+                   help="answer mode (default: openai if configured, else extractive; local needs the [local] extra)")
     p.add_argument("--paper", action="append", metavar="ID", help="restrict retrieval to this paper id (repeatable)")
     p.add_argument("--no-index", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_ask)
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="grade the assistant on a question set")
     p.add_argument("--set", dest="set_path", type=Path, help="question file (default eval/questions.jsonl); "
                    "PubMedQA's ori_pqal.json is recognised")
-    p.add_argument("--mode", choices=["extractive", "openai"])
+    p.add_argument("--mode", choices=["extractive", "openai", "local"])
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--concurrency", type=int, default=1)
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the chat UI")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")
-    p.add_argument("--mode", choices=["extractive", "openai"])
+    p.add_argument("--mode", choices=["extractive", "openai", "local"])
     p.set_defaults(func=cmd_serve)
     return parser
 

