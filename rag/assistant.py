@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
@@ -80,7 +81,26 @@ class Assistant:
             return f"LLM: {self.settings.llm_model}" + (f" at {self.settings.openai_base_url}" if self.settings.openai_base_url else "")
         return "offline extractive (quotes the abstracts; no LLM)"
 
+    def available_modes(self) -> list[str]:
+        """extractive always; openai when configured (or a chat model was injected);
+        local when its optional model is installed."""
+        from .local_llm import local_available
+
+        modes = ["extractive"]
+        s = self.settings
+        if self._llm is not None or s.openai_api_key or s.openai_base_url:
+            modes.append("openai")
+        if self.mode == "local" or local_available():
+            modes.append("local")
+        return modes
+
     # --- corpus ---------------------------------------------------------------
+    def count(self) -> int:
+        return self.store.count()
+
+    def paper(self, paper_id: str) -> Paper | None:
+        return self.store.all_papers().get(paper_id)
+
     def ingest(self, paths: Iterable[str | Path] = (), papers: Sequence[Paper] | None = None,
                progress=None, skip_invalid: bool = False, replace_all: bool = False) -> tuple[IngestReport, LoadResult]:
         """Validate everything first; a file with errors writes nothing unless skip_invalid."""
@@ -215,19 +235,13 @@ class Assistant:
                                                      Draft(x["raw"], abstained=False)))
         )
 
-    def _chat_deltas(self, mode: str, question: str, sources: str) -> Iterator[str]:
-        """Text deltas from the chat model; every failure becomes an LLMError."""
+    @contextmanager
+    def _llm_errors(self):
+        """Every way an OpenAI-compatible call fails becomes one LLMError with a hint."""
         import openai
 
-        finished = False
-        llm = self.local_llm if mode == "local" else self.llm
         try:
-            for chunk in self.message_chain(mode).stream({"question": question, "sources": sources}):
-                meta = getattr(chunk, "response_metadata", None) or {}
-                finished = finished or bool(meta.get("finish_reason"))
-                delta = chunk.content if isinstance(chunk.content, str) else ""
-                if delta:
-                    yield delta
+            yield
         except openai.APITimeoutError:
             raise LLMError(f"the language model did not answer within {self.settings.request_timeout:.0f}s") from None
         except openai.RateLimitError:
@@ -238,9 +252,36 @@ class Assistant:
             raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
         except (openai.OpenAIError, ValueError) as exc:
             raise LLMError(f"the language model sent a reply that could not be read ({type(exc).__name__})") from None
+
+    def _chat_deltas(self, mode: str, question: str, sources: str) -> Iterator[str]:
+        """Text deltas from the chat model; every failure becomes an LLMError."""
+        finished = False
+        llm = self.local_llm if mode == "local" else self.llm
+        with self._llm_errors():
+            for chunk in self.message_chain(mode).stream({"question": question, "sources": sources}):
+                meta = getattr(chunk, "response_metadata", None) or {}
+                finished = finished or bool(meta.get("finish_reason"))
+                delta = chunk.content if isinstance(chunk.content, str) else ""
+                if delta:
+                    yield delta
         if not finished and getattr(llm, "streaming", False):
             # OpenAI-compatible streams end with a finish_reason; without it the answer was cut off.
             raise LLMError("the language model's answer was cut off mid-stream")
+
+    def condense(self, history: str, question: str) -> str:
+        """A follow-up rewritten as a standalone question by the LLM (prompts/condense_question.md)."""
+        from .prompting import render
+
+        prompt = render("condense_question", history=history, question=question)
+        with self._llm_errors():
+            reply = self.llm.invoke(prompt)
+        content = getattr(reply, "content", reply)
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+        text = str(content or "").strip()
+        first = text.splitlines()[0] if text else ""
+        first = re.sub(r"^(standalone question|question)\s*:\s*", "", first, flags=re.IGNORECASE)
+        return first.strip().strip('"\u201c\u201d').strip() or question
 
     def _llm_stream(self, question: str, retrieval: Retrieval) -> Iterator[str | Draft]:
         best = max((c.dense for c in retrieval.contexts), default=0.0)

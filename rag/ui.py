@@ -243,29 +243,13 @@ def mode_html(assistant, mode: str) -> str:
     elif mode == "local":
         hint = "A small model on this machine writes the answer from the chosen passages. " + LLM_HINT
     else:
-        hint = LLM_HINT if not _llm_available(assistant) else "An LLM is configured: pick 'openai' under Settings."
+        hint = LLM_HINT if "openai" not in assistant.available_modes() else "An LLM is configured: pick 'openai' under Settings."
     return (f'<div class="rag-mode"><p class="rag-mode-line"><strong>{esc(line)}</strong></p>'
             f'<p class="rag-mode-hint">{esc(hint)}</p></div>')
 
 
-def _llm_available(assistant) -> bool:
-    s = assistant.settings
-    return assistant.mode == "openai" or bool(s.openai_api_key or s.openai_base_url)
-
-
 def available_modes(assistant) -> list[str]:
-    """Answer modes the Settings offer: extractive always, 'openai' when configured, 'local'
-    when its optional model is installed (rag.local_llm, if this version has it)."""
-    modes = ["extractive"]
-    if _llm_available(assistant):
-        modes.append("openai")
-    try:
-        from .local_llm import local_available
-    except ImportError:
-        local_available = None
-    if assistant.mode == "local" or (local_available is not None and local_available()):
-        modes.append("local")
-    return modes
+    return assistant.available_modes()
 
 
 # --- follow-up questions ---------------------------------------------------------------------
@@ -356,47 +340,12 @@ def _history_text(turns: Sequence[Turn], limit: int = 3) -> str:
     return "\n".join(out)
 
 
-def _as_llm_error(exc: Exception) -> RagError:
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - openai is a dependency
-        openai = None
-    if openai is not None:
-        if isinstance(exc, openai.APITimeoutError):
-            return LLMError("the language model did not answer in time")
-        if isinstance(exc, openai.RateLimitError):
-            return LLMError("the language model server is rate limiting requests (HTTP 429); try again shortly")
-        if isinstance(exc, openai.APIConnectionError):
-            return LLMError("cannot reach the language model server")
-        if isinstance(exc, openai.APIStatusError):
-            return LLMError(f"the language model server returned HTTP {exc.status_code}")
-        if isinstance(exc, openai.OpenAIError):
-            return LLMError(f"the language model failed: {type(exc).__name__}")
-    return LLMError(f"the language model failed: {type(exc).__name__}: {exc}")
-
-
 def condense_question(assistant, turns: Sequence[Turn], question: str) -> str:
     """openai mode: rewrite a follow-up into a standalone question with the LLM
     (prompt: prompts/condense_question.md)."""
     if not turns:
         return question
-    from .prompting import render
-
-    prompt = render("condense_question", history=_history_text(turns), question=question)
-    try:
-        reply = assistant.llm.invoke(prompt)
-    except RagError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - openai/httpx errors become an LLMError with a hint
-        raise _as_llm_error(exc) from None
-    content = getattr(reply, "content", reply)
-    if isinstance(content, list):
-        content = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    text = str(content or "").strip()
-    first = text.splitlines()[0] if text else ""
-    text = re.sub(r"^(standalone question|question)\s*:\s*", "", first, flags=re.IGNORECASE)
-    text = text.strip().strip('"\u201c\u201d').strip()
-    return text or question
+    return assistant.condense(_history_text(turns), question)
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -473,7 +422,7 @@ def _paper_rows(papers: Sequence[Paper]) -> list[list[Any]]:
 
 
 def _count_text(assistant, shown: int | None = None, total_matches: int | None = None) -> str:
-    n = assistant.store.count()
+    n = assistant.count()
     text = f"**{n}** papers indexed"
     if shown is not None and total_matches is not None:
         text += f" · {total_matches} match" + ("es" if total_matches != 1 else "")
@@ -510,7 +459,7 @@ def create_app(assistant) -> gr.Blocks:
     """The whole UI for one `Assistant`: chat + sources, settings, corpus browser, upload, API."""
     settings = assistant.settings
     default_mode = assistant.mode
-    llm_ok = _llm_available(assistant)
+    llm_ok = "openai" in assistant.available_modes()
     mode_choices = available_modes(assistant)
     if default_mode not in mode_choices:
         mode_choices.append(default_mode)
@@ -518,7 +467,7 @@ def create_app(assistant) -> gr.Blocks:
     export_dir = Path(tempfile.gettempdir()) / "paper-rag-exports"
 
     def paper_by_id(pid: str) -> Paper | None:
-        return assistant.store.all_papers().get(pid)
+        return assistant.paper(pid)
 
     # --- chat ------------------------------------------------------------------------------
     def respond(question, chat, turns, scope_ids, k, mode, temperature):
@@ -657,7 +606,7 @@ def create_app(assistant) -> gr.Blocks:
             msg = (f'<div class="rag-errors"><p><strong>{esc(name)}: unsupported file type. '
                    f'Upload {esc(", ".join(UPLOAD_TYPES))}.</strong></p></div>')
             return msg, *search(query)
-        before = assistant.store.count()
+        before = assistant.count()
         try:
             report, result = assistant.ingest(
                 [path], progress=lambda total=0, desc="", unit="": _Progress(progress, total, desc, unit))
@@ -668,7 +617,7 @@ def create_app(assistant) -> gr.Blocks:
         except RagError as exc:
             return (f'<div class="rag-errors"><p><strong>{esc(exc.message)}</strong></p>'
                     f'<p>{esc(exc.hint)}</p></div>'), *search(query)
-        after = assistant.store.count()
+        after = assistant.count()
         dup = f"; {len(result.duplicates)} duplicate(s) in the file skipped" if result.duplicates else ""
         msg = (f'<div class="rag-ok"><p><strong>{esc(name)}: {len(report.added)} paper(s) added, '
                f'{len(report.updated)} updated, {report.unchanged} unchanged{esc(dup)}.</strong> '
