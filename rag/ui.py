@@ -735,7 +735,8 @@ def create_app(assistant) -> gr.Blocks:
 
         demo.load(search, search_box, [table, count_md], api_visibility="private")  # papers added elsewhere
         gr.api(api_ask, api_name="ask")
-    demo.queue()
+    # Answers are thread-safe and mostly wait on I/O or ONNX (which releases the GIL).
+    demo.queue(default_concurrency_limit=8, max_size=256)
     return demo
 
 
