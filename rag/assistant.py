@@ -20,7 +20,7 @@ from .errors import LLMError, QuestionError
 from .generation import Draft, ExtractiveAnswerer, format_sources, llm_from_settings
 from .prompting import load_prompt
 from .retrieval import Retrieval, Retriever
-from .settings import Settings
+from .settings import Settings, redact_url
 from .store import IngestReport, PaperStore
 from .types import ABSTAIN_TEXT, Answer, Paper
 
@@ -78,7 +78,8 @@ class Assistant:
         if mode == "local":
             return "offline local LLM: SmolLM2-135M via llama.cpp (about 80 tokens/s on 2 cores; checked against the sources)"
         if mode == "openai":
-            return f"LLM: {self.settings.llm_model}" + (f" at {self.settings.openai_base_url}" if self.settings.openai_base_url else "")
+            url = self.settings.openai_base_url
+            return f"LLM: {self.settings.llm_model}" + (f" at {redact_url(url)}" if url else "")
         return "offline extractive (quotes the abstracts; no LLM)"
 
     def available_modes(self) -> list[str]:
@@ -247,7 +248,7 @@ class Assistant:
         except openai.RateLimitError:
             raise LLMError("the language model server is rate limiting requests (HTTP 429); try again shortly") from None
         except openai.APIConnectionError:
-            raise LLMError(f"cannot reach the language model at {self.settings.openai_base_url or 'api.openai.com'}") from None
+            raise LLMError(f"cannot reach the language model at {redact_url(self.settings.openai_base_url or 'api.openai.com')}") from None
         except openai.APIStatusError as exc:
             raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
         except (openai.OpenAIError, ValueError) as exc:
@@ -317,7 +318,7 @@ class Assistant:
             return
         chosen = plan["chosen"]
         evidence = {c.n: " ".join(p.text for p in plan["picks"][c.n]) for c in chosen}
-        sources = "\n\n".join(f'<source id="{c.n}" title="{c.title}">\n{evidence[c.n]}\n</source>' for c in chosen)
+        sources = format_sources(chosen, evidence)
         checker = self._support_checker()
         by_n = {c.n: c for c in chosen}
         kept: list[str] = []

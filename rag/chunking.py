@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .types import Chunk, Paper
+from .types import MAX_TITLE_IN_CHUNK, Chunk, Paper
 
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Abbreviations after which a period does not end a sentence.
@@ -117,7 +117,7 @@ class Chunker:
     def _fits(self, title: str, text: str) -> bool:
         if self.count_model_tokens is None or self.max_model_tokens is None:
             return True
-        return self.count_model_tokens(f"{title}. {text}") <= self.max_model_tokens
+        return self.count_model_tokens(f"{title[:MAX_TITLE_IN_CHUNK]}. {text}") <= self.max_model_tokens
 
     def _enforce_window(self, title: str, text: str) -> list[str]:
         if self._fits(title, text):

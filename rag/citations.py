@@ -52,7 +52,10 @@ def check_markers(text: str, n_sources: int) -> CheckedText:
                 invalid += 1
         return "".join(f"[{n}]" for n in dict.fromkeys(keep))
 
-    cleaned = _MARKER_RE.sub(repl, text)
+    # Removing a marker can join its neighbours into a new one ("[7[9]]" -> "[7]"): repeat.
+    cleaned, previous = text, None
+    while cleaned != previous:
+        previous, cleaned = cleaned, _MARKER_RE.sub(repl, cleaned)
     cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned)
     cleaned = re.sub(r"[ \t]{2,}", " ", cleaned)
     return CheckedText(cleaned.strip(), cited, invalid)

@@ -55,6 +55,11 @@ def _print_answer(answer, streamed: bool) -> None:
         print(answer.text)
     if answer.meta.get("notice"):
         print(f"\nnote: {answer.meta['notice']}")
+    if answer.meta.get("uncited"):
+        print("\nnote: this answer cites no paper, so it could not be checked against the abstracts")
+    if answer.meta.get("fallback"):
+        print(f"\nnote: the local model's sentences were not supported by the sources; "
+              f"showing the {answer.meta['fallback']} answer")
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:

@@ -52,8 +52,10 @@ def load_bundled() -> list[Paper]:
 
 
 def normalise_title(title: str) -> str:
-    text = unicodedata.normalize("NFKD", title).lower()
-    return re.sub(r"[^a-z0-9]+", "", text)
+    """Case, accents, spacing and punctuation do not make a different title (any script)."""
+    text = unicodedata.normalize("NFKD", title).casefold()
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return re.sub(r"[\W_]+", "", text)
 
 
 def slugify(title: str, max_len: int = 48) -> str:
@@ -90,11 +92,11 @@ def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
                 continue
             title_key = normalise_title(paper.title)
             content_key = hashlib.sha1(" ".join(paper.abstract.split()).lower().encode()).hexdigest()
-            first = seen_titles.get(title_key) or seen_content.get(content_key)
+            first = (seen_titles.get(title_key) if title_key else None) or seen_content.get(content_key)
             if first is not None:
                 result.duplicates.append(f"{path.name}:{line}: '{paper.title[:60]}' duplicates {first}")
                 continue
-            has_id = "id" in raw
+            has_id = raw.get("id") not in (None, "")
             if has_id and paper.id in explicit:
                 where = explicit[paper.id]
                 result.errors.append(CorpusError(f"id '{paper.id}' is already used at {where[0].name}:{where[1]}",
@@ -102,7 +104,9 @@ def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
                 continue
             if has_id:
                 explicit[paper.id] = (path, line)
-            seen_titles[title_key] = seen_content[content_key] = paper.id
+            if title_key:
+                seen_titles[title_key] = paper.id
+            seen_content[content_key] = paper.id
             accepted.append((paper, has_id))
     used = set(explicit)
     for paper, has_id in accepted:
@@ -159,7 +163,9 @@ def _records(path: Path, errors: list[CorpusError]) -> Iterator[tuple[int, dict[
 
 
 def _jsonl_records(text: str, path: Path, errors: list[CorpusError]):
-    for n, line in enumerate(text.splitlines(), 1):
+    # Only "\n" ends a JSONL record: U+2028 and friends are legal inside JSON strings.
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
@@ -167,6 +173,9 @@ def _jsonl_records(text: str, path: Path, errors: list[CorpusError]):
         except json.JSONDecodeError as exc:
             errors.append(CorpusError(f"invalid JSON ({exc.msg}, column {exc.colno})",
                                       file=str(path), line=n))
+            continue
+        except RecursionError:
+            errors.append(CorpusError("JSON nested too deeply", file=str(path), line=n))
             continue
         if not isinstance(obj, dict):
             errors.append(CorpusError("expected a JSON object with 'title' and 'abstract'",
@@ -181,6 +190,9 @@ def _json_records(text: str, path: Path, errors: list[CorpusError]):
     except json.JSONDecodeError as exc:
         errors.append(CorpusError(f"invalid JSON ({exc.msg})", file=str(path), line=exc.lineno))
         return
+    except RecursionError:
+        errors.append(CorpusError("JSON nested too deeply", file=str(path)))
+        return
     if isinstance(data, dict):
         data = data.get("papers", [data])
     if not isinstance(data, list):
@@ -194,8 +206,10 @@ def _json_records(text: str, path: Path, errors: list[CorpusError]):
 
 
 def _csv_records(text: str, path: Path, errors: list[CorpusError], delimiter: str):
+    # Fields may be long (the abstract limit is checked per record, with its line number).
+    csv.field_size_limit(max(csv.field_size_limit(), 16 * MAX_ABSTRACT_CHARS))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in ("title", "abstract") if c not in header]
         if missing:
@@ -209,7 +223,8 @@ def _csv_records(text: str, path: Path, errors: list[CorpusError], delimiter: st
                 continue
             yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
     except csv.Error as exc:
-        errors.append(CorpusError(f"malformed CSV ({exc})", file=str(path)))
+        errors.append(CorpusError(f"malformed CSV ({exc}); the rest of the file was not read",
+                                  file=str(path), line=reader.line_num or None))
 
 
 def _seed_records(text: str, path: Path, errors: list[CorpusError]):
@@ -245,7 +260,12 @@ def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusErr
         return bad(f"abstract is {len(abstract)} characters (limit {MAX_ABSTRACT_CHARS})", "abstract")
     if _control_chars(title + abstract):
         return bad("contains control characters", "abstract" if _control_chars(abstract) else "title")
+    for name, value in (("title", title), ("abstract", abstract)):
+        if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+            return bad("contains an unpaired surrogate (broken \\uD8xx escape)", name)
     pid = raw.get("id")
+    if pid in ("",):
+        pid = None
     if pid is not None:
         pid = str(pid).strip()
         if not _ID_RE.match(pid):

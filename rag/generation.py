@@ -9,6 +9,7 @@ lives in the assistant.
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 from collections import OrderedDict
@@ -304,9 +305,14 @@ class ExtractiveAnswerer:
         return draft
 
 
-def format_sources(contexts: list[Context]) -> str:
-    """Sources for the LLM, delimited so that text inside them reads as data."""
-    return "\n\n".join(f'<source id="{c.n}" title="{c.title}">\n{c.abstract}\n</source>' for c in contexts)
+def format_sources(contexts: list[Context], texts: dict[int, str] | None = None) -> str:
+    """Sources for the LLM, delimited so that text inside them reads as data; escaped, so
+    an abstract cannot close its block and forge another source."""
+    def body(c: Context) -> str:
+        return html.escape((texts or {}).get(c.n, c.abstract), quote=False)
+
+    return "\n\n".join(f'<source id="{c.n}" title="{html.escape(c.title, quote=True)}">\n{body(c)}\n</source>'
+                       for c in contexts)
 
 
 def llm_from_settings(settings: Settings, streaming: bool = True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,11 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "paper-rag"
+
+
+def redact_url(url: str) -> str:
+    """http://user:secret@host/v1 -> http://***@host/v1 (for messages and reports)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
 
 
 class Settings(BaseSettings):
@@ -89,6 +95,9 @@ class Settings(BaseSettings):
         for key in ("openai_api_key", "ui_auth"):
             if data.get(key):
                 data[key] = "***"
+        for key in ("openai_base_url", "embeddings_base_url", "chroma_url"):
+            if data.get(key):
+                data[key] = redact_url(data[key])
         return data
 
     def fingerprint(self) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from .chunking import Chunker
 from .embeddings import MAX_TOKENS, CachedEmbedder, EmbeddingCache, get_embedder
 from .errors import ConfigError, IndexCorruptError, IndexMismatchError, IndexMissingError, RagError
-from .settings import Settings
+from .settings import Settings, redact_url
 from .types import Chunk, Paper
 
 SCHEMA_VERSION = 1
@@ -72,7 +72,7 @@ def make_client(settings: Settings):
             return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
                                        ssl=url.scheme == "https", settings=chroma_settings)
         except Exception as exc:  # the client checks the server at construction
-            raise ConfigError(f"cannot reach the Chroma server at {settings.chroma_url} ({type(exc).__name__})",
+            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} ({type(exc).__name__})",
                               "Start it with `chroma run --path DIR --port PORT`, or unset RAG_CHROMA_URL "
                               "to use the embedded store.") from None
     path = settings.chroma_path

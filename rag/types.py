@@ -8,6 +8,7 @@ from typing import Any, Literal
 Mode = Literal["extractive", "openai"]
 
 ABSTAIN_TEXT = "The indexed papers do not answer this question."
+MAX_TITLE_IN_CHUNK = 160  # characters of the title embedded with each chunk (< half the window)
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """The title travels with every chunk so a lone sentence keeps its topic."""
-        return f"{self.title}. {self.text}"
+        """The title travels with every chunk so a lone sentence keeps its topic (cut, so
+        that even a title in a script of one wordpiece per character leaves room)."""
+        return f"{self.title[:MAX_TITLE_IN_CHUNK]}. {self.text}"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 corpus loaders, the chunker, the citation-marker parser and `Assistant.ask`.
 
 Everything runs on the real parts: real files in temp folders, the real tokenizers and
-ONNX model, the real bundled index. Known bugs are pinned by strict xfail tests, each with
+ONNX model, the real bundled index. Bugs these tests found are fixed; each test names the case, with
 a deterministic `@example` so it fails on every run (and turns into an XPASS when fixed).
 """
 
@@ -36,7 +36,7 @@ PROPS = settings(max_examples=60, deadline=None, database=None, suppress_health_
 FEW = settings(PROPS, max_examples=25)
 
 LINE_BASED = (".jsonl", ".csv", ".txt")
-# str.splitlines() breaks lines at these too; they get their own (xfail) test below.
+# str.splitlines() breaks lines at these too; they get their own test below.
 _EXTRA_LINE_BREAKS = "\x85\u2028\u2029"
 
 
@@ -299,9 +299,6 @@ def test_valid_records_round_trip(data, suffix):
 
 # --- corpus loaders: known bugs ------------------------------------------------------------------
 
-@pytest.mark.xfail(reason="BUG: deeply nested JSON makes json.loads raise RecursionError, which load_corpus "
-                          "does not catch (only JSONDecodeError), so `rag ingest` dies with a traceback",
-                   strict=True)
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_deeply_nested_json_is_a_located_error(suffix):
     with _corpus_file(suffix, "[" * 100_000 + "\n") as path:
@@ -309,8 +306,6 @@ def test_deeply_nested_json_is_a_located_error(suffix):
         assert len(result.errors) == 1 and not result.papers
 
 
-@pytest.mark.xfail(reason="BUG: a JSON escape for a lone surrogate ('\\ud800') loads as a str that cannot be "
-                          "UTF-8 encoded; load_corpus hashes it and raises UnicodeEncodeError", strict=True)
 @settings(PROPS, max_examples=10)
 @given(surrogate=st.characters(categories=("Cs",)), field=st.sampled_from(["title", "abstract"]))
 @example(surrogate="\ud800", field="abstract")
@@ -321,10 +316,6 @@ def test_lone_surrogate_escapes_are_a_located_error(surrogate, field):
         assert not result.papers and result.errors[0].field == field
 
 
-@pytest.mark.xfail(reason="BUG: JSON Lines are split with str.splitlines(), which also breaks at U+2028, U+2029 "
-                          "and U+0085; these are legal unescaped inside JSON strings (json.dumps(ensure_ascii="
-                          "False) writes them), so a valid record becomes 'invalid JSON' with wrong line numbers",
-                   strict=True)
 @settings(PROPS, max_examples=10)
 @given(sep=st.sampled_from(list(_EXTRA_LINE_BREAKS)))
 @example(sep="\u2028")
@@ -336,9 +327,6 @@ def test_jsonl_with_unicode_line_separators_inside_strings(sep):
         assert [(p.title, p.abstract) for p in result.papers] == [("Line separator", "A paragraph separated abstract.")]
 
 
-@pytest.mark.xfail(reason="BUG: a CSV field over csv's 131,072-character limit ends the whole file with "
-                          "'malformed CSV (...)' and no line number (the csv.Error is caught outside the row loop)",
-                   strict=True)
 def test_csv_field_over_the_csv_module_limit_names_its_line():
     huge = "word " * 30_000  # 150,000 chars: over csv.field_size_limit()
     text = f'title,abstract\nFirst,A fine abstract.\nSecond,"{huge}"\nThird,Another fine abstract.\n'
@@ -348,9 +336,6 @@ def test_csv_field_over_the_csv_module_limit_names_its_line():
         assert [(e.line, e.field) for e in result.errors] == [(3, "abstract")]
 
 
-@pytest.mark.xfail(reason="BUG: non-Latin titles all normalise to '' in normalise_title(), so every Chinese/"
-                          "Arabic/Russian/emoji-only title is reported as a duplicate of the first one and dropped",
-                   strict=True)
 @settings(PROPS, max_examples=10)
 @given(titles=st.lists(st.text(st.characters(categories=("Lo",)), min_size=3, max_size=12), min_size=2, max_size=4,
                        unique=True))
@@ -363,9 +348,6 @@ def test_non_latin_titles_are_not_duplicates_of_each_other(titles):
         assert [p.title for p in result.papers] == titles
 
 
-@pytest.mark.xfail(reason="BUG: an explicit \"id\": null counts as a user-given id ('id' in raw), so two records "
-                          "whose generated slugs collide are rejected with \"id '...' is already used\" instead of "
-                          "getting '-2' like records without the key", strict=True)
 def test_null_id_behaves_like_a_missing_id():
     prefix = "A Very Long Common Prefix Shared By Two Different Paper Titles About Faces"
     records = [{"id": None, "title": f"{prefix} one", "abstract": "First abstract."},
@@ -445,9 +427,6 @@ def test_chunker_handles_an_abstract_at_the_size_limit(chunker, embedder):
     assert " ".join(c.text for c in chunks).split() == paper.abstract.split()
 
 
-@pytest.mark.xfail(reason="BUG: a title that alone exceeds the 256-wordpiece window (allowed by the loader's "
-                          "1,000-char limit) makes Chunker._enforce_window recurse forever: RecursionError at ingest",
-                   strict=True)
 @pytest.mark.parametrize("title", ["語" * 600, " ".join(["x1"] * 300)])
 def test_chunker_with_a_title_longer_than_the_model_window(chunker, embedder, title):
     with _corpus_file(".jsonl", json.dumps({"title": title, "abstract": "One sentence. Another one."}) + "\n") as path:
@@ -511,9 +490,6 @@ def test_citation_parsing_never_raises(text, n_sources):
     markers_in(text)
 
 
-@pytest.mark.xfail(reason="BUG: check_markers makes one regex pass, so removing an inner invalid marker can create "
-                          "a new marker from the brackets around it: '[7[9]]' with 3 sources leaves '[7]' (out of "
-                          "range) and '[1[0]]' leaves a '[1]' that is not in `cited`", strict=True)
 @settings(PROPS, max_examples=100)
 @given(text=st.lists(st.one_of(_marked_text, st.sampled_from(["[", "]", "1", "7", ","])), max_size=12).map("".join),
        n_sources=st.integers(0, 6))
