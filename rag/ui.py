@@ -16,7 +16,6 @@ import html
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -406,6 +405,11 @@ class RagBlocks(gr.Blocks):
                     kwargs["auth"] = auth
                     kwargs.setdefault("auth_message", "This paper-rag instance requires a login.")
             kwargs.setdefault("max_file_size", int(s.max_upload_mb * 1024 * 1024))
+            # Serve Markdown exports, and nothing else of the data dir (the index stays private).
+            exports = s.data_dir / "exports"
+            exports.mkdir(parents=True, exist_ok=True)
+            kwargs.setdefault("allowed_paths", [str(exports)])
+            kwargs.setdefault("blocked_paths", [str(s.chroma_path), str(s.cache_dir)])
         return super().launch(*args, **kwargs)
 
 
@@ -464,7 +468,7 @@ def create_app(assistant) -> gr.Blocks:
     if default_mode not in mode_choices:
         mode_choices.append(default_mode)
     temp_lock = threading.Lock()
-    export_dir = Path(tempfile.gettempdir()) / "paper-rag-exports"
+    export_dir = settings.data_dir / "exports"  # the only folder the UI writes to
 
     def paper_by_id(pid: str) -> Paper | None:
         return assistant.paper(pid)
