@@ -22,6 +22,7 @@ from .prompting import load_prompt
 from .retrieval import Retrieval, Retriever
 from .settings import Settings, redact_url
 from .store import IngestReport, PaperStore
+from .text import terms
 from .types import ABSTAIN_TEXT, Answer, Paper
 
 _ANSWER_VARS = {"abstain_text", "max_sentences"}
@@ -327,9 +328,17 @@ class Assistant:
 
         def judge(sentence: str) -> str | None:
             checked = check_markers(sentence, max(by_n))
+            text = checked.text.strip()
+            if not text or text == ABSTAIN_TEXT or not terms(re.sub(r"\[\d+\]", " ", text)):
+                return None  # empty, an abstention inside an answer, or a bare "1. [1]"
             cited = [by_n[n] for n in checked.cited if n in by_n]
-            ok = cited and checked.text.strip() != ABSTAIN_TEXT and checker.supports(checked.text, cited)
-            return checked.text if ok else None
+            if cited:
+                return text if checker.supports(text, cited) else None
+            # Small models often forget the marker: cite the first source that supports it.
+            for c in chosen:
+                if checker.supports(text, [c]):
+                    return f"{text} [{c.n}]"
+            return None
 
         for delta in self._chat_deltas("local", question, sources):
             buffer += delta

@@ -74,13 +74,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     from rag.local_llm import smollm2_path
 
     port = _free_port()
+    log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")  # a pipe would fill up and stall it
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-                             "--model_alias", "smollm2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 120
@@ -90,7 +91,7 @@ def llama_server():
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(proc.stderr.read().decode(errors="replace")[-2000:])
+                    raise RuntimeError(open(log.name, errors="replace").read()[-2000:])
                 if time.time() > deadline:
                     raise RuntimeError("llama_cpp.server did not start in 120 s")
                 time.sleep(0.5)
@@ -98,6 +99,7 @@ def llama_server():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 @needs_llama
