@@ -6,6 +6,9 @@ import ipaddress
 import os
 import shutil
 import socket
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,41 @@ def assistant(built_index):
     from rag import Assistant, Settings
 
     return Assistant(Settings(data_dir=built_index, mode="extractive"))
+
+
+# --- helpers for tests that start servers on loopback -----------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc=None, timeout: float = 120, log: Path | None = None) -> None:
+    """Poll `url` until it answers; fail early (with the log's tail) if `proc` exits."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+                raise RuntimeError(f"server exited with {proc.returncode} before answering {url}\n{tail}")
+            if time.time() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+            time.sleep(0.3)
+
+
+@contextmanager
+def serve_app(assistant):
+    """The Gradio app for `assistant` on a free 127.0.0.1 port; yields its base URL."""
+    from rag.ui import create_app
+
+    app = create_app(assistant)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()

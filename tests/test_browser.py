@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import serve_app
 from openai_server import Fault, OpenAIServer
 
 from rag import Assistant, Settings
@@ -44,24 +43,6 @@ EVIL_PAPER = {
     "url": "javascript:alert(3)",
 }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(assistant):
-    from rag.ui import create_app
-
-    demo = create_app(assistant)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +136,7 @@ def test_streamed_answer_with_citations_and_sources(assistant, page, monkeypatch
             yield item
 
     monkeypatch.setattr(assistant, "stream", slow_stream)
-    with serve(assistant) as url:
+    with serve_app(assistant) as url:
         open_app(page, url)
         assert "offline extractive" in page.locator("#rag-mode").inner_text()
         assert "OPENAI_API_KEY" in page.locator("#rag-mode").inner_text()
@@ -213,7 +194,7 @@ def test_streamed_answer_with_citations_and_sources(assistant, page, monkeypatch
 
 
 def test_followup_question_stays_on_the_same_paper(assistant, page):
-    with serve(assistant) as url:
+    with serve_app(assistant) as url:
         open_app(page, url)
         ask(page, "What accuracy does FaceNet reach on LFW?")
         wait_answer(page, 1)
@@ -237,7 +218,7 @@ def test_untrusted_html_is_shown_as_text(index_copy, tmp_path, page):
     f.write_text(json.dumps(EVIL_PAPER) + "\n", encoding="utf-8")
     report, _ = a.ingest([f])
     assert report.added == ["zebrafish-xss-probe"]
-    with serve(a) as url:
+    with serve_app(a) as url:
         open_app(page, url)
         page.get_by_role("tab", name="Papers").click()
         page.locator("#rag-search textarea, #rag-search input").first.fill("zebrafish")
@@ -287,7 +268,7 @@ def test_bad_upload_shows_line_errors_and_keeps_the_index(index_copy, tmp_path, 
     good = tmp_path / "good.csv"
     good.write_text("title,abstract\nNocturnal owl tracking with thermal cameras,We track owls at night with "
                     "thermal cameras and count their flights.\n", encoding="utf-8")
-    with serve(a) as url:
+    with serve_app(a) as url:
         open_app(page, url)
         page.get_by_role("tab", name="Papers").click()
         count = page.locator("#rag-count")
@@ -322,7 +303,7 @@ def test_upload_size_limit_is_explained(index_copy, tmp_path, page):
     a = Assistant(Settings(data_dir=index_copy, mode="extractive", max_upload_mb=0.001))
     big = tmp_path / "big.jsonl"
     big.write_text(json.dumps({"title": "Big", "abstract": "word " * 600}) + "\n", encoding="utf-8")
-    with serve(a) as url:
+    with serve_app(a) as url:
         open_app(page, url)
         page.get_by_role("tab", name="Papers").click()
         assert "0.001 MB" in page.locator("body").inner_text()
@@ -341,7 +322,7 @@ def test_llm_errors_appear_in_the_chat_and_the_app_stays_usable(built_index, pag
         a = Assistant(Settings(data_dir=built_index, openai_base_url=srv.base_url, llm_model="stub-llm",
                                max_retries=0, request_timeout=10))
         srv.faults = [Fault(status=429)]
-        with serve(a) as url:
+        with serve_app(a) as url:
             open_app(page, url)
             assert "stub-llm" in page.locator("#rag-mode").inner_text()
             ask(page, "What accuracy does FaceNet reach on LFW?")
@@ -372,7 +353,7 @@ def test_login_is_required_when_configured(built_index, page):
     from gradio_client.exceptions import AuthenticationError
 
     a = Assistant(Settings(data_dir=built_index, mode="extractive", ui_auth="alice:wonderland"))
-    with serve(a) as url:
+    with serve_app(a) as url:
         page.goto(url)
         page.get_by_text("Login", exact=False).first.wait_for()
         assert page.locator("#rag-question").count() == 0

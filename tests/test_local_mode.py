@@ -4,15 +4,14 @@ process, and llama.cpp's OpenAI-compatible server behind the `openai` mode."""
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from rag import Assistant, Settings
+
+from conftest import free_port, wait_for_http
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python (extra [local]) is not installed; "
@@ -67,39 +66,24 @@ def test_smollm2_in_process(built_index):
     assert answer.invalid_citations == 0 or "fallback" in answer.meta or answer.meta["dropped_sentences"] >= 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     from rag.local_llm import smollm2_path
 
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")  # a pipe would fill up and stall it
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with log.open("wb") as out:  # a pipe would fill up and stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+                                 "--model_alias", "smollm2"], stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/models", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(open(log.name, errors="replace").read()[-2000:])
-                if time.time() > deadline:
-                    raise RuntimeError("llama_cpp.server did not start in 120 s")
-                time.sleep(0.5)
+        wait_for_http(f"{base}/models", proc, timeout=120, log=log)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        log.close()
 
 
 @needs_llama

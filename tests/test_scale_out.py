@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from rag.corpus import load_bundled
 from rag.errors import IndexMismatchError
 from rag.store import PaperStore
 
+from conftest import free_port, wait_for_http
 from openai_server import OpenAIServer
 
 QUESTIONS = ["Which method clusters faces by building clean graphs for GCNs?",
@@ -24,31 +22,20 @@ QUESTIONS = ["Which method clusters faces by building clean graphs for GCNs?",
              "Which paper performs gait recognition from walking silhouettes?"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def chroma_server(tmp_path):
     chroma = shutil.which("chroma", path=str(Path(sys.executable).parent))
     if chroma is None:
         pytest.fail("the `chroma` command from the chromadb package is missing")
-    port = _free_port()
-    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    log = tmp_path / "chroma.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("chroma server did not start")
-                time.sleep(0.3)
+        wait_for_http(f"{url}/api/v2/heartbeat", proc, timeout=60, log=log)
         yield url
     finally:
         proc.terminate()

@@ -3,35 +3,17 @@ through gradio's file routes, and the API key never reaches a page or the API.""
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 
 from rag import Assistant, Settings
 
+from conftest import serve_app
+
 SENTINEL = "sk-SENTINEL-ui-0123456789"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(assistant):
-    from rag.ui import create_app
-
-    port = _free_port()
-    app = create_app(assistant)
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        app.close()
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -48,7 +30,8 @@ def test_no_path_outside_the_exports_is_served(index_copy, tmp_path):
     secret.write_text("TOP-SECRET-CONTENT")
     settings = Settings(data_dir=index_copy, mode="extractive", openai_api_key=SENTINEL)
     index_db = settings.chroma_path / "chroma.sqlite3"
-    with running(Assistant(settings)) as base:
+    with serve_app(Assistant(settings)) as url:
+        base = url.rstrip("/")
         targets = [str(secret), "/etc/passwd", str(index_db), f"{settings.data_dir}/exports/../chroma/chroma.sqlite3",
                    "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd"]
         for target in targets:
@@ -67,7 +50,8 @@ def test_no_path_outside_the_exports_is_served(index_copy, tmp_path):
 def test_api_key_never_reaches_the_browser(index_copy):
     settings = Settings(data_dir=index_copy, mode="extractive", openai_api_key=SENTINEL,
                         openai_base_url="http://user:pw-SECRET@127.0.0.1:9/v1")
-    with running(Assistant(settings)) as base:
+    with serve_app(Assistant(settings)) as url:
+        base = url.rstrip("/")
         for path in ("/", "/config", "/gradio_api/info", "/gradio_api/openapi.json", "/info"):
             status, body = _get(base + path)
             assert SENTINEL.encode() not in body and b"pw-SECRET" not in body, path
