@@ -325,5 +325,6 @@ def llm_from_settings(settings: Settings, streaming: bool = True):
                           "Set OPENAI_API_KEY, or OPENAI_BASE_URL=http://localhost:8000/v1 for a local "
                           "OpenAI-compatible server, or use --mode extractive.")
     return ChatOpenAI(model=settings.llm_model, api_key=key or "not-needed", base_url=settings.openai_base_url,
-                      temperature=settings.temperature, timeout=settings.request_timeout,
+                      temperature=settings.temperature, max_tokens=settings.llm_max_tokens,
+                      timeout=settings.request_timeout,
                       max_retries=settings.max_retries, streaming=streaming)

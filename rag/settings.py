@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     # LLM (openai mode)
     llm_model: str = Field("gpt-4o-mini", description="Chat model name for the 'openai' mode.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature for the chat model.")
+    llm_max_tokens: int = Field(512, ge=16, description="Longest answer the chat model may write, in tokens (small local servers ramble).")
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("RAG_OPENAI_API_KEY", "OPENAI_API_KEY"), description="API key; local servers accept any value.")
     openai_base_url: str | None = Field(None, validation_alias=AliasChoices("RAG_OPENAI_BASE_URL", "OPENAI_BASE_URL"), description="OpenAI-compatible server URL, e.g. http://localhost:8000/v1.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds before an LLM request times out.")
