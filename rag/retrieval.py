@@ -156,12 +156,12 @@ class Retriever:
         self._lexical: tuple[str, LexicalIndex] | None = None
         self._lock = threading.Lock()
 
-    def lexical(self) -> LexicalIndex:
-        rev = self.store.revision()
+    def lexical(self, revision: str | None = None) -> LexicalIndex:
+        rev = revision or self.store.revision()
         with self._lock:
             if self._lexical is None or self._lexical[0] != rev:
                 folder = self.settings.data_dir / "lexical" / self.settings.collection
-                self._lexical = (rev, LexicalIndex.load_or_build(self.store.all_papers(), rev, folder))
+                self._lexical = (rev, LexicalIndex.load_or_build(self.store.all_papers(rev), rev, folder))
             return self._lexical[1]
 
     def retrieve(self, question: str, k: int | None = None, paper_ids: Sequence[str] | None = None) -> Retrieval:
@@ -178,7 +178,8 @@ class Retriever:
         t2 = time.perf_counter()
         timings["dense_ms"] = (t2 - t1) * 1000
 
-        lex = self.lexical()
+        rev = self.store.revision()  # one look per question: both caches below check it
+        lex = self.lexical(rev)
         qterms = terms(question)
         scores = lex.scores(qterms)
         allowed = set(paper_ids) if paper_ids else None
@@ -197,7 +198,7 @@ class Retriever:
         candidates = sorted(fused, key=lambda p: -fused[p])[: max(k * 2, k + 3)]
         chosen = self._diversify(candidates, fused, k)
 
-        papers = self.store.all_papers()
+        papers = self.store.all_papers(rev)
         chunk_rows = self.store.chunks_of(chosen)
         contexts: list[Context] = []
         for n, pid in enumerate(chosen, 1):

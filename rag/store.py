@@ -291,9 +291,9 @@ class PaperStore:
         return col.get(include=[])["ids"]
 
     # --- reads -------------------------------------------------------------
-    def all_papers(self) -> dict[str, Paper]:
-        """Every paper, cached until the index revision changes."""
-        rev = self.revision()
+    def all_papers(self, revision: str | None = None) -> dict[str, Paper]:
+        """Every paper, cached until the index revision changes (pass it if already known)."""
+        rev = revision or self.revision()
         if self._papers_cache is None or self._papers_cache[0] != rev:
             got = self.papers.get(include=["documents", "metadatas"])
             papers = {pid: _paper_from_record(pid, doc, meta)
