@@ -1,0 +1,472 @@
+"""Growth curve: how ingest, index size, memory and query latency grow with the corpus.
+
+Synthetic corpora of 1k, 2k, 5k and 10k abstracts: the 119 bundled papers unchanged (so the
+questions of eval/questions.jsonl keep their answers) plus synthetic abstracts made by
+recombining sentences of different source abstracts (bundled corpus + PubMedQA's
+ori_pqal.json from ../shared/datasets/pubmedqa, skipped cleanly if absent). Every synthetic
+paper has a distinct id and title; corpora are nested (the 1k corpus is a prefix of the 2k one)
+and deterministic (seeded).
+
+Each size runs in its own subprocess with a fresh data dir, so model load, BM25 build and peak
+RSS are per process. Per size: model load time, ingest time (with progress lines), index size
+on disk, peak RSS, BM25 build time (a fresh `Retriever.lexical()`), retrieve and extractive ask
+p50/p95 (~50 questions; ask twice: first pass fills the sentence-vector cache, second is warm).
+
+Results are merged into bench/results/scale.json after each size (a rerun skips sizes already
+there unless --force) and plotted to bench/results/scale.png.
+A killed run can continue its half-built index with --resume-ingest (the product skips papers it
+already committed; the ingest time then adds the checkpointed time of the earlier attempt).
+
+    python bench/bench_scale.py [--quick] [--sizes 1000 2000 5000 10000] [--questions 50] [--force]
+    python bench/bench_scale.py --plot-only
+    python bench/bench_scale.py --profile 2000      # cProfile of ingest + first ask at one size
+    python bench/bench_scale.py --profile-queries /tmp/paper-rag-bench-scale/size-10000   # after --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (RESULTS, ROOT, Progress, clean_env, du_bytes, load_question_texts, loadavg,  # noqa: E402
+                      machine_info, summary_ms, write_json)
+
+PUBMED = ROOT.parent / "shared" / "datasets" / "pubmedqa" / "ori_pqal.json"
+DEFAULT_SIZES = [1000, 2000, 5000, 10000]
+SEED = 20240601
+
+
+# --- synthetic corpora ------------------------------------------------------------------------
+def source_docs() -> list[dict]:
+    """[{title, abstract, year, domain}] from the bundled corpus and, if present, PubMedQA."""
+    from rag.corpus import load_bundled
+
+    docs = [{"title": p.title, "abstract": p.abstract, "year": p.year, "domain": "ml"} for p in load_bundled()]
+    if PUBMED.is_file():
+        try:
+            data = json.loads(PUBMED.read_text(encoding="utf-8"))
+            for pmid, rec in data.items():
+                ctx = rec.get("CONTEXTS") or []
+                text = " ".join([*ctx, rec.get("LONG_ANSWER", "")]).strip()
+                if text and rec.get("QUESTION"):
+                    year = rec.get("YEAR")
+                    docs.append({"title": rec["QUESTION"].strip(), "abstract": text,
+                                 "year": int(year) if str(year).isdigit() else None, "domain": "pubmed"})
+        except (ValueError, OSError, AttributeError) as exc:
+            print(f"note: skipping PubMedQA ({type(exc).__name__}: {exc})", file=sys.stderr)
+    else:
+        print(f"note: {PUBMED} not found; synthetic papers recombine the bundled corpus only", file=sys.stderr)
+    return docs
+
+
+def synthetic_corpus(size: int, seed: int = SEED):
+    """The bundled papers plus `size - len(bundled)` recombined abstracts (deterministic, nested)."""
+    from rag.chunking import split_sentences
+    from rag.corpus import load_bundled
+    from rag.types import Paper
+
+    bundled = load_bundled()
+    docs = source_docs()
+    for d in docs:
+        d["sentences"] = split_sentences(d["abstract"])
+    by_domain: dict[str, list[dict]] = {}
+    for d in docs:
+        if len(d["sentences"]) >= 2:
+            by_domain.setdefault(d["domain"], []).append(d)
+    pool = [d for group in by_domain.values() for d in group]
+    papers = list(bundled[:size])
+    seen_titles = {p.title.lower() for p in papers}
+    for j in range(max(0, size - len(papers))):
+        rng = random.Random(seed * 1_000_003 + j)  # per-paper seed: corpus N is a prefix of corpus M > N
+        base = pool[j % len(pool)]
+        group = by_domain[base["domain"]]
+        donors = [rng.choice(group) for _ in range(2)]
+        sentences = []
+        for i, s in enumerate(base["sentences"]):
+            if i > 0 and rng.random() < 0.5:
+                donor = donors[rng.randrange(2)]
+                s = donor["sentences"][min(i, len(donor["sentences"]) - 1) if rng.random() < 0.7
+                                       else rng.randrange(len(donor["sentences"]))]
+            sentences.append(s)
+        bw, dw = base["title"].split(), donors[0]["title"].split()
+        title = " ".join(bw[: max(1, len(bw) // 2)] + dw[len(dw) // 2:]).rstrip("?") or base["title"]
+        if title.lower() in seen_titles:
+            title = f"{title} ({j})"
+        seen_titles.add(title.lower())
+        papers.append(Paper(id=f"syn-{j:05d}", title=title, abstract=" ".join(sentences), year=base["year"],
+                            metadata={"synthetic": True, "domain": base["domain"]}))
+    return papers
+
+
+# --- one size, in its own process ---------------------------------------------------------------
+def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool) -> None:
+    import resource
+
+    import psutil
+
+    proc = psutil.Process()
+    rss = {"start_mib": proc.memory_info().rss / 2**20}
+    res: dict = {"size": size, "loadavg_at_start": loadavg()}
+
+    t = time.perf_counter()
+    import chromadb  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tokenizers  # noqa: F401
+
+    from rag import Assistant, Settings
+    from rag.embeddings import get_embedder
+    res["import_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    papers = synthetic_corpus(size)
+    res["corpus_build_s"] = time.perf_counter() - t
+    res["papers"] = len(papers)
+    res["abstract_chars"] = sum(len(p.abstract) for p in papers)
+
+    settings = Settings(data_dir=data_dir, mode="extractive")
+    t = time.perf_counter()
+    get_embedder(settings)
+    res["model_load_s"] = time.perf_counter() - t
+    rss["after_model_mib"] = proc.memory_info().rss / 2**20
+
+    checkpoint = data_dir / "bench-ingest-checkpoint.json"
+    prev = {"done": 0, "elapsed_s": 0.0}
+    if resume and checkpoint.exists():
+        prev = json.loads(checkpoint.read_text())
+        print(f"  resuming: {prev['done']} papers were committed in {prev['elapsed_s']:.0f}s", flush=True)
+    assistant = Assistant(settings)
+    progress = Progress(label=f"[{size}] ", every=max(50, size // 20), checkpoint=checkpoint,
+                        offset_done=prev["done"], offset_s=prev["elapsed_s"])
+    t, c = time.perf_counter(), time.process_time()
+    report, _ = assistant.ingest(papers=papers, progress=progress)
+    ingest_s = time.perf_counter() - t
+    res["ingest_cpu_s"] = time.process_time() - c  # all threads; less sensitive to other processes
+    res["ingest_s"] = ingest_s + prev["elapsed_s"]
+    res["ingest_resumed"] = bool(prev["done"])
+    res["ingest_papers_per_s"] = len(papers) / res["ingest_s"]
+    res["chunks_embedded"] = report.chunks_embedded
+    res["chunks_total"] = assistant.store.chunks.count()
+    res["ingest_report"] = report.summary()
+    rss["after_ingest_mib"] = proc.memory_info().rss / 2**20
+    checkpoint.unlink(missing_ok=True)
+    disk = du_bytes(data_dir)
+    res["index_after_ingest_mib"] = disk["allocated"] / 2**20
+    print(f"  [{size}] ingest {res['ingest_s']:.1f}s ({res['ingest_papers_per_s']:.1f} papers/s, "
+          f"{res['chunks_total']} chunks), data dir {res['index_after_ingest_mib']:.0f} MiB", flush=True)
+
+    # Fresh Assistants over the same index: what a new process pays before its first answer.
+    # The product persists BM25 under data_dir/lexical once a process has built it; none has yet.
+    t = time.perf_counter()
+    Assistant(settings).store.all_papers()
+    res["all_papers_s"] = time.perf_counter() - t
+    lexical_dir = data_dir / "lexical"
+    res["lexical_persisted_before_first_build"] = lexical_dir.exists()
+    t = time.perf_counter()
+    Assistant(settings).retriever.lexical()  # cold: revision + all_papers() + tokenize + BM25 (+ save)
+    res["bm25_build_s"] = time.perf_counter() - t
+    fresh = Assistant(settings)
+    t = time.perf_counter()
+    fresh.retriever.lexical()  # a later process: loads the persisted BM25 if the product saved one
+    res["bm25_load_s"] = time.perf_counter() - t
+    res["lexical_persisted"] = lexical_dir.exists()
+    t = time.perf_counter()
+    fresh.retriever.lexical()  # warm: revision check only
+    res["lexical_warm_check_ms"] = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    fresh.store.all_papers()
+    res["all_papers_cached_ms"] = (time.perf_counter() - t) * 1000
+    fresh2 = fresh
+    disk_after = {sub.name: round(du_bytes(sub)["allocated"] / 2**20, 1) for sub in sorted(data_dir.iterdir())
+                  if sub.is_dir()}
+    res["disk_mib_by_folder"] = disk_after
+    disk = du_bytes(data_dir)  # everything the product keeps: Chroma, caches, persisted BM25
+    res["index_mib"] = disk["allocated"] / 2**20
+    res["index_apparent_mib"] = disk["apparent"] / 2**20
+    print(f"  [{size}] all_papers {res['all_papers_s']:.2f}s, cold BM25 {res['bm25_build_s']:.2f}s, "
+          f"BM25 in a later process {res['bm25_load_s']:.2f}s; disk by folder (MiB) {disk_after}", flush=True)
+
+    questions = load_question_texts(n_questions)
+    from rag.evaluation import load_questions
+
+    gold = {q.question: set(q.gold) for q in load_questions(ROOT / "eval" / "questions.jsonl")}
+    t = time.perf_counter()
+    fresh2.ask(questions[0])
+    res["first_ask_ms"] = (time.perf_counter() - t) * 1000
+    retrieve_ms, ask_ms, ask_warm_ms, hits, answerable = [], [], [], 0, 0
+    stages: dict[str, list[float]] = {}
+    for q in questions:
+        t = time.perf_counter()
+        r = fresh2.retrieve(q)
+        retrieve_ms.append((time.perf_counter() - t) * 1000)
+        if gold.get(q):
+            answerable += 1
+            hits += bool(gold[q] & {c.paper_id for c in r.contexts})
+        t = time.perf_counter()
+        ans = fresh2.ask(q)
+        ask_ms.append((time.perf_counter() - t) * 1000)
+        for k, v in ans.timings_ms.items():
+            stages.setdefault(k, []).append(v)
+    for q in questions:
+        t = time.perf_counter()
+        fresh2.ask(q)
+        ask_warm_ms.append((time.perf_counter() - t) * 1000)
+    res["retrieve_ms"] = summary_ms(retrieve_ms)
+    res["ask_ms"] = summary_ms(ask_ms)
+    res["ask_warm_ms"] = summary_ms(ask_warm_ms)
+    res["ask_stage_p50_ms"] = {k: round(statistics.median(v), 1) for k, v in stages.items()}
+    res["gold_in_top_k"] = round(hits / answerable, 3) if answerable else None
+    res["questions"] = len(questions)
+    rss["end_mib"] = proc.memory_info().rss / 2**20
+    res["rss_mib"] = {k: round(v, 1) for k, v in rss.items()}
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    res["loadavg_at_end"] = loadavg()
+    for k, v in list(res.items()):
+        if isinstance(v, float):
+            res[k] = round(v, 4)
+    write_json(out, res)
+    print(f"  [{size}] retrieve p50 {res['retrieve_ms']['p50']} ms p95 {res['retrieve_ms']['p95']} ms | ask p50 "
+          f"{res['ask_ms']['p50']} ms p95 {res['ask_ms']['p95']} ms (warm p50 {res['ask_warm_ms']['p50']}) | "
+          f"bm25 build {res['bm25_build_s']:.2f}s | peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
+
+
+def run_size(size: int, args) -> dict | None:
+    data_dir = args.work / f"size-{size}"
+    if data_dir.exists() and not args.resume_ingest:
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = args.work / f"result-{size}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--data-dir", str(data_dir),
+           "--out", str(out), "--questions", str(args.questions)]
+    if args.resume_ingest:
+        cmd.append("--resume-ingest")
+    print(f"== {size} papers (data dir {data_dir}) load {loadavg()}", flush=True)
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not out.exists():
+        print(f"   size {size} failed (exit {proc.returncode})", file=sys.stderr)
+        return None
+    res = json.loads(out.read_text())
+    res["wall_s"] = round(wall, 1)
+    res["peak_rss_mib_outside"] = round(usage.ru_maxrss / 1024, 1)  # wait4's rusage of that child alone
+    if not args.keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return res
+
+
+# --- plot -----------------------------------------------------------------------------------------
+PANELS = [  # (key, title, target line, extra series plotted in the same panel)
+    ("ingest_s", "ingest time (s)", None, {}),
+    ("ingest_papers_per_s", "ingest throughput (papers/s)", None, {}),
+    ("index_mib", "data dir on disk (MiB, du)", None, {}),
+    ("peak_rss_mib", "peak RSS (MiB)", 1.5 * 1024, {}),
+    ("retrieve_ms", "retrieve latency (ms)", 50, {}),
+    ("ask_ms", "extractive ask latency (ms)", 150, {}),
+    ("bm25_build_s", "BM25 in a fresh process (s)", None,
+     {"bm25_load_s": "persisted, later process", "all_papers_s": "all_papers() alone"}),
+    ("model_load_s", "model load (s)", None, {}),
+]
+
+
+def plot(scale: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(scale["sizes"].values(), key=lambda r: r["size"])
+    if not rows:
+        return
+    xs = [r["papers"] for r in rows]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    for ax, (key, label, target, extra) in zip(axes.flat, PANELS):
+        vals = [r.get(key) for r in rows]
+        if isinstance(vals[0], dict):
+            ax.plot(xs, [v["p50"] for v in vals], "o-", label="p50")
+            ax.plot(xs, [v["p95"] for v in vals], "s--", label="p95")
+            warm = [r.get("ask_warm_ms", {}).get("p50") for r in rows] if key == "ask_ms" else None
+            if warm and all(w is not None for w in warm):
+                ax.plot(xs, warm, "^:", label="p50, warm cache")
+        else:
+            ax.plot(xs, vals, "o-", label="cold build" if extra else None)
+            for k2, lab2 in extra.items():
+                v2 = [r.get(k2) for r in rows]
+                if all(v is not None for v in v2):
+                    ax.plot(xs, v2, "s--", label=lab2)
+        if key == "ingest_papers_per_s":  # throughput moves with the load other processes put on the cores
+            for x, r in zip(xs, rows):
+                ax.annotate(f"load {r.get('loadavg_at_start', ['?'])[0]}", (x, r[key]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
+        if target:
+            ax.axhline(target, color="red", lw=0.8, ls=":", label=f"target {target:g}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("papers")
+        ax.grid(alpha=0.3)
+    m = scale.get("machine", {})
+    fig.suptitle(f"paper-rag growth curve ({m.get('cpus')} cpus, load at start {m.get('loadavg_at_start')}; "
+                 f"other processes may have been running)", fontsize=11)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
+# --- profile --------------------------------------------------------------------------------------
+def profile(size: int, work: Path, out_dir: Path) -> None:
+    """cProfile of ingest and of a cold first ask (separate from the timed runs: cProfile slows Python)."""
+    import cProfile
+    import io
+    import pstats
+
+    from rag import Assistant, Settings
+
+    papers = synthetic_corpus(size)
+    data_dir = work / f"profile-{size}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    settings = Settings(data_dir=data_dir, mode="extractive")
+    a = Assistant(settings)
+    a.store  # model + Chroma outside the profile
+    for name, fn in (("ingest", lambda: a.ingest(papers=papers, progress=Progress(f"[profile {size}] ", max(50, size // 10)))),
+                     ("first_ask", lambda: Assistant(settings).ask("Which datasets were used to evaluate face alignment?"))):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        path = out_dir / f"profile-{size}-{name}.prof"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prof.dump_stats(str(path))
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf).sort_stats("cumulative")
+        st.print_stats(35)
+        (out_dir / f"profile-{size}-{name}.txt").write_text(buf.getvalue())
+        print(f"--- {name} @ {size}: top by cumulative time (full: {path})")
+        print("\n".join(buf.getvalue().splitlines()[:60]))
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def profile_queries(data_dir: Path, out_dir: Path, n_questions: int) -> None:
+    """Steady-state query path on an existing index (e.g. one kept with --keep): micro-timings of
+    the store reads every question makes, then cProfile of retrieve + extractive ask."""
+    import cProfile
+    import io
+    import pstats
+
+    from rag import Assistant, Settings
+
+    settings = Settings(data_dir=data_dir, mode="extractive")
+    a = Assistant(settings)
+    questions = load_question_texts(n_questions)
+    a.ask(questions[0])  # model, Chroma, BM25 loaded
+    store = a.store
+
+    def per_call_ms(fn, n=20):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return round((time.perf_counter() - t) * 1000 / n, 2)
+
+    qvec = store.embedder.embed_one(questions[0])
+    micro = {
+        "papers.count()": per_call_ms(store.papers.count),
+        "chunks.count()": per_call_ms(store.chunks.count),
+        "store.revision()": per_call_ms(store.revision),
+        "store.all_papers() (cached)": per_call_ms(store.all_papers),
+        "retriever.lexical() (cached)": per_call_ms(a.retriever.lexical),
+        "embed_one(question)": per_call_ms(lambda: store.embedder.embed_one(questions[0])),
+        "query_chunks(fetch_k)": per_call_ms(lambda: store.query_chunks(qvec, settings.fetch_k)),
+    }
+    ids = [c.paper_id for c in a.retrieve(questions[0]).contexts]
+    micro["chunks_of(k papers)"] = per_call_ms(lambda: store.chunks_of(ids))
+    micro["paper_vectors(k papers)"] = per_call_ms(lambda: store.paper_vectors(ids))
+    print(f"papers {store.count()}, chunks {store.chunks.count()}; per call (ms): {json.dumps(micro, indent=1)}")
+    prof = cProfile.Profile()
+    prof.enable()
+    for q in questions:
+        a.retrieve(q)
+        a.ask(q)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
+    tag = f"profile-queries-{store.count()}"
+    prof.dump_stats(str(out_dir / f"{tag}.prof"))
+    (out_dir / f"{tag}.txt").write_text(json.dumps(micro, indent=1) + "\n\n" + buf.getvalue())
+    write_json(out_dir / f"{tag}.json", {"papers": store.count(), "per_call_ms": micro})
+    print("\n".join(buf.getvalue().splitlines()[:75]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1k and 2k only")
+    ap.add_argument("--sizes", type=int, nargs="+")
+    ap.add_argument("--questions", type=int, default=50)
+    ap.add_argument("--force", action="store_true", help="rerun sizes already in the results")
+    ap.add_argument("--keep", action="store_true", help="keep each size's data dir")
+    ap.add_argument("--resume-ingest", action="store_true", help="continue a killed size's half-built index")
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "paper-rag-bench-scale")
+    ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
+    ap.add_argument("--png", type=Path, default=RESULTS / "scale.png")
+    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--profile", type=int, metavar="SIZE", help="cProfile ingest + first ask at SIZE papers")
+    ap.add_argument("--profile-queries", type=Path, metavar="DATA_DIR",
+                    help="micro-timings + cProfile of retrieve/ask on an existing index (e.g. kept with --keep)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        worker(args.worker, args.data_dir, args.out, args.questions, args.resume_ingest)
+        return
+    if args.profile:
+        profile(args.profile, args.work, RESULTS)
+        return
+    if args.profile_queries:
+        profile_queries(args.profile_queries, RESULTS, args.questions)
+        return
+
+    scale = json.loads(args.json.read_text()) if args.json.exists() else {}
+    scale.setdefault("sizes", {})
+    if not args.plot_only:
+        sizes = args.sizes or ([1000, 2000] if args.quick else DEFAULT_SIZES)
+        scale["machine"] = machine_info()
+        scale["pubmedqa"] = PUBMED.is_file()
+        scale["note"] = ("bundled 119 papers + synthetic recombined abstracts; each size in its own process "
+                         "and a fresh data dir; other processes may have been running (see loadavg)")
+        print(f"machine: {scale['machine']['cpus']} cpus, load {scale['machine']['loadavg_at_start']}; "
+              f"sizes {sizes}; PubMedQA {'found' if scale['pubmedqa'] else 'absent'}")
+        for size in sizes:
+            if str(size) in scale["sizes"] and not (args.force or args.resume_ingest):
+                print(f"== {size}: already in {args.json} (use --force to rerun)")
+                continue
+            res = run_size(size, args)
+            if res is not None:
+                scale["sizes"][str(size)] = res
+                write_json(args.json, scale)
+        print(f"wrote {args.json}")
+        print(f"\n{'papers':>7} {'chunks':>7} {'ingest s':>9} {'pap/s':>6} {'index MiB':>9} {'peak RSS':>9} "
+              f"{'bm25 s':>7} {'load s':>6} {'retr p50/p95':>13} {'ask p50/p95':>13} {'warm ask p50':>12}")
+        for r in sorted(scale["sizes"].values(), key=lambda r: r["size"]):
+            print(f"{r['papers']:>7} {r['chunks_total']:>7} {r['ingest_s']:>9.1f} {r['ingest_papers_per_s']:>6.1f} "
+                  f"{r['index_mib']:>9.0f} {r['peak_rss_mib']:>9.0f} {r['bm25_build_s']:>7.2f} "
+                  f"{r['model_load_s']:>6.2f} {r['retrieve_ms']['p50']:>6.0f}/{r['retrieve_ms']['p95']:<6.0f} "
+                  f"{r['ask_ms']['p50']:>6.0f}/{r['ask_ms']['p95']:<6.0f} {r['ask_warm_ms']['p50']:>12.0f}")
+    plot(scale, args.png)
+
+
+if __name__ == "__main__":
+    main()
