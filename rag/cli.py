@@ -115,9 +115,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    """The chat UI; on first use the bundled corpus is indexed, with a progress bar."""
     from .ui import launch
 
     a = _assistant(args)
+    print(f"paper-rag: index at {a.store.location}", flush=True)
+    report = a.ensure_index(progress=_progress())
+    if report is not None:
+        print(f"paper-rag: indexed the bundled corpus: {report.summary()}", flush=True)
+    print(f"paper-rag: {a.count()} papers; {a.describe_mode()}", flush=True)
     launch(a, host=args.host, port=args.port, share=False)
     return 0
 
