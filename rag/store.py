@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlparse
@@ -151,7 +152,7 @@ class PaperStore:
     def _bump_revision(self) -> None:
         meta = dict(self.client.get_collection(self.papers.name, embedding_function=None).metadata or {})
         meta.pop("hnsw:space", None)
-        meta["revision"] = int(meta.get("revision", 0)) + 1
+        meta["revision"] = uuid.uuid4().hex  # unique, so two copies of an index never share one
         self.papers.modify(metadata=meta)
 
     # --- ingest ------------------------------------------------------------

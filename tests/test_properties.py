@@ -204,7 +204,7 @@ _bad_values = {
     "authors": st.one_of(st.integers().filter(bool), st.floats(allow_nan=False).filter(bool), st.just(True),
                          st.dictionaries(st.text(max_size=3), st.integers(), min_size=1, max_size=2)),
     "id": st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-                    st.sampled_from(["", " ", "has space", "-leading-dash", "x" * 129, "emoji😀", "a/b", "../etc"])),
+                    st.sampled_from([" ", "has space", "-leading-dash", "x" * 129, "emoji😀", "a/b", "../etc"])),
     "url": st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=False), st.lists(st.text(max_size=3), max_size=2)),
 }
 
