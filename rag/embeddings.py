@@ -69,6 +69,10 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
         self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
+        # A second tokenizer for counting, so counting never toggles truncation under `embed`.
+        self._counter = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        self._counter.no_padding()
+        self._counter.no_truncation()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -100,11 +104,7 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
     # --- our API -----------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         """Wordpieces including [CLS]/[SEP], without truncation."""
-        self.tokenizer.no_truncation()
-        try:
-            return len(self.tokenizer.encode(text).ids)
-        finally:
-            self.tokenizer.enable_truncation(MAX_TOKENS)
+        return len(self._counter.encode(text).ids)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
