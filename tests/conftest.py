@@ -116,6 +116,34 @@ def wait_for_http(url: str, proc=None, timeout: float = 120, log: Path | None = 
 
 
 @contextmanager
+def background_server(cmd: list[str], ready_url: str, log: Path, timeout: float = 120):
+    """Run a server process (output to `log`: a pipe would fill and stall it) until
+    `ready_url` answers; terminate it on exit."""
+    import subprocess
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(ready_url, proc, timeout=timeout, log=log)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chunker(tmp_path_factory):
+    """One real chunker per module, with the real wordpiece counter as the window guard."""
+    from rag.chunking import Chunker
+    from rag.embeddings import MAX_TOKENS, get_embedder
+    from rag.settings import Settings
+
+    counter = get_embedder(Settings()).count_tokens
+    return Chunker(64, "cl100k_base", cache_dir=tmp_path_factory.mktemp("chunk-cache"),
+                   max_model_tokens=MAX_TOKENS, count_model_tokens=counter)
+
+
+@contextmanager
 def serve_app(assistant):
     """The Gradio app for `assistant` on a free 127.0.0.1 port; yields its base URL."""
     from rag.ui import create_app

@@ -23,10 +23,6 @@ def embedder():
     return get_embedder(Settings())
 
 
-@pytest.fixture(scope="module")
-def chunker(embedder, tmp_path_factory):
-    return Chunker(64, "cl100k_base", cache_dir=tmp_path_factory.mktemp("chunk-cache"),
-                   max_model_tokens=MAX_TOKENS, count_model_tokens=embedder.count_tokens)
 
 
 @pytest.fixture(scope="module")

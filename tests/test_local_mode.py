@@ -4,14 +4,13 @@ process, and llama.cpp's OpenAI-compatible server behind the `openai` mode."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 
 import pytest
 
 from rag import Assistant, Settings
 
-from conftest import free_port, wait_for_http
+from conftest import background_server, free_port
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python (extra [local]) is not installed; "
@@ -63,8 +62,8 @@ def test_smollm2_in_process(built_index):
     retrieved = {c.paper_id for c in answer.contexts}
     assert answer.mode == "local" and not answer.abstained
     assert answer.citations and all(c.paper_id in retrieved for c in answer.citations)
-    assert answer.invalid_citations == 0 or "fallback" in answer.meta or answer.meta["dropped_sentences"] >= 0
-
+    assert answer.invalid_citations == 0  # the guard checks markers before the answer is finished
+    assert isinstance(answer.meta["dropped_sentences"], int)
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +71,11 @@ def llama_server(tmp_path_factory):
     from rag.local_llm import smollm2_path
 
     port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with log.open("wb") as out:  # a pipe would fill up and stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-                                 "--model_alias", "smollm2"], stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_http(f"{base}/models", proc, timeout=120, log=log)
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "smollm2"]
+    with background_server(cmd, f"{base}/models", tmp_path_factory.mktemp("llama") / "server.log", timeout=120):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @needs_llama

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import Chunker
 from rag.citations import check_markers, claims, markers_in
 from rag.corpus import MAX_ABSTRACT_CHARS, MAX_TITLE_CHARS, LoadResult, load_corpus, normalise_title
 from rag.embeddings import MAX_TOKENS, get_embedder
@@ -364,11 +363,6 @@ def embedder():
     return get_embedder(Settings())
 
 
-@pytest.fixture(scope="module")
-def chunker(embedder, tmp_path_factory):
-    """One real chunker for the module, with the real wordpiece counter as the window guard."""
-    return Chunker(64, "cl100k_base", cache_dir=tmp_path_factory.mktemp("prop-chunk-cache"),
-                   max_model_tokens=MAX_TOKENS, count_model_tokens=embedder.count_tokens)
 
 
 _ascii_word = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"), min_size=1,

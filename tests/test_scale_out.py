@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rag.corpus import load_bundled
 from rag.errors import IndexMismatchError
 from rag.store import PaperStore
 
-from conftest import free_port, wait_for_http
+from conftest import background_server, free_port
 from openai_server import OpenAIServer
 
 QUESTIONS = ["Which method clusters faces by building clean graphs for GCNs?",
@@ -29,17 +28,10 @@ def chroma_server(tmp_path):
     if chroma is None:
         pytest.fail("the `chroma` command from the chromadb package is missing")
     port = free_port()
-    log = tmp_path / "chroma.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/api/v2/heartbeat", proc, timeout=60, log=log)
+    cmd = [chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)]
+    with background_server(cmd, f"{url}/api/v2/heartbeat", tmp_path / "chroma.log", timeout=60):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_same_answers_through_a_chroma_server(chroma_server, tmp_path):
