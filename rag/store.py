@@ -303,11 +303,9 @@ class PaperStore:
         return self._papers_cache[1]
 
     def query_chunks(self, query_vec: np.ndarray, n: int, paper_ids: Sequence[str] | None = None) -> list[ChunkHit]:
-        total = self.chunks.count()
-        if total == 0:
-            return []
+        # Chroma returns fewer than n results when it holds fewer: no count() on the hot path.
         where = {"paper_id": {"$in": list(paper_ids)}} if paper_ids else None
-        res = self.chunks.query(query_embeddings=[query_vec.tolist()], n_results=min(n, total), where=where,
+        res = self.chunks.query(query_embeddings=[query_vec.tolist()], n_results=n, where=where,
                                 include=["documents", "metadatas", "distances"])
         return [ChunkHit(cid, m["paper_id"], doc, int(m["index"]), 1.0 - float(d))
                 for cid, doc, m, d in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
