@@ -17,13 +17,17 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 from .citations import build_citations, check_markers
 from .corpus import LoadResult, load_bundled, load_corpus
 from .errors import LLMError, QuestionError
+from .analysis import Analyzer, TypeModel, corpus_names
+from .embeddings import TextVectors
 from .generation import Draft, ExtractiveAnswerer, format_sources, llm_from_settings
+from .planning import Planner
 from .prompting import load_prompt
 from .retrieval import Retrieval, Retriever
 from .settings import Settings, redact_url
 from .store import IngestReport, PaperStore
+from .tuning import AnswerConfig
 from .text import terms
-from .types import ABSTAIN_TEXT, Answer, Paper
+from .types import ABSTAIN_TEXT, Answer, Evidence, Paper
 
 _ANSWER_VARS = {"abstain_text", "max_sentences"}
 # A finished sentence in a token stream: end punctuation, any markers, then a space.
@@ -42,6 +46,8 @@ class Assistant:
         self._chains: dict[str, Any] = {}
         self._local_llm: Any = None
         self._checker: Any = None
+        self._vectors: TextVectors | None = None
+        self._names_rev: str | None = None
 
     # --- parts, built lazily ------------------------------------------------
     @property
@@ -57,10 +63,27 @@ class Assistant:
         return self._retriever
 
     @property
+    def vectors(self) -> TextVectors:
+        """Sentence and word vectors, cached in memory and on disk (planner, support check)."""
+        if self._vectors is None:
+            self._vectors = TextVectors(self.store.ingest_embedder.embed)
+        return self._vectors
+
+    @property
     def extractive(self) -> ExtractiveAnswerer:
         if self._extractive is None:
-            self._extractive = ExtractiveAnswerer(self.settings, embed=self.store.ingest_embedder.embed)
+            s = self.settings
+            analyzer = Analyzer(TypeModel.load())
+            planner = Planner(AnswerConfig.load(s.answer_config), self.vectors)
+            self._extractive = ExtractiveAnswerer(s, analyzer, planner)
         return self._extractive
+
+    def _refresh_names(self, revision: str) -> None:
+        """Names the corpus spells with capitals, so lower-case questions still name them."""
+        if self._names_rev != revision:
+            papers = self.store.all_papers(revision)
+            self.extractive.analyzer.corpus_names = corpus_names(f"{p.title} {p.abstract}" for p in papers.values())
+            self._names_rev = revision
 
     @property
     def llm(self):
@@ -159,6 +182,7 @@ class Assistant:
         draft: Draft | None = None
         first_token: float | None = None
         if mode == "extractive":
+            self._refresh_names(retrieval.revision)
             pieces = self.extractive.stream(q, retrieval.contexts, retrieval.idf, retrieval.query_vec)
         elif mode == "local":
             pieces = self._local_stream(q, retrieval)
@@ -312,13 +336,15 @@ class Assistant:
         """The small local model, on a short leash: it only sees the evidence the extractive
         planner chose, every sentence it writes must cite a source that supports it (the
         offline support check), and if nothing survives the extractive answer is used."""
+        self._refresh_names(retrieval.revision)
         plan = self.extractive.plan(question, retrieval.contexts, retrieval.idf, retrieval.query_vec)
-        if "abstain" in plan:
+        if plan.abstain:
             yield ABSTAIN_TEXT
-            yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": plan["abstain"]})
+            yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": plan.abstain})
             return
-        chosen = plan["chosen"]
-        evidence = {c.n: " ".join(p.text for p in plan["picks"][c.n]) for c in chosen}
+        chosen = [p.context for p in plan.papers]
+        evidence = {p.context.n: " ".join(s.text for s in sorted(p.sentences, key=lambda s: s.index))
+                    for p in plan.papers}
         sources = format_sources(chosen, evidence)
         checker = self._support_checker()
         by_n = {c.n: c for c in chosen}
@@ -365,7 +391,9 @@ class Assistant:
                     piece.meta.update(meta, fallback="extractive")
                 yield piece
             return
-        yield Draft(" ".join(kept), abstained=False, snippets=evidence, meta=meta)
+        ev = [Evidence(n=p.context.n, paper_id=p.context.paper_id, sentence=s.text)
+              for p in plan.papers for s in sorted(p.sentences, key=lambda s: s.index)]
+        yield Draft(" ".join(kept), abstained=False, snippets=evidence, meta=meta, evidence=ev)
 
     def _support_checker(self):
         if self._checker is None:
@@ -375,12 +403,15 @@ class Assistant:
         return self._checker
 
     def _finish(self, question: str, mode: str, retrieval: Retrieval, draft: Draft) -> Answer:
-        checked = check_markers(draft.text, len(retrieval.contexts))
+        contexts = draft.contexts if draft.contexts is not None else retrieval.contexts
+        checked = check_markers(draft.text, len(contexts))
         text = checked.text
         abstained = draft.abstained or text.strip().rstrip(".") == ABSTAIN_TEXT.rstrip(".")
         if not abstained and not checked.cited and mode != "extractive":
             # An uncited LLM answer cannot be checked against the papers: keep it, but say so.
             draft.meta["uncited"] = True
-        citations = [] if abstained else build_citations(text, retrieval.contexts, checked.cited, draft.snippets)
-        return Answer(question=question, text=text, citations=citations, contexts=retrieval.contexts, mode=mode,
-                      abstained=abstained, invalid_citations=checked.invalid, meta=dict(draft.meta))
+        citations = [] if abstained else build_citations(text, contexts, checked.cited, draft.snippets)
+        evidence = [] if abstained else [e for e in draft.evidence if e.n in checked.cited]
+        return Answer(question=question, text=text, citations=citations, contexts=contexts, mode=mode,
+                      abstained=abstained, invalid_citations=checked.invalid, meta=dict(draft.meta),
+                      evidence=evidence)

@@ -20,7 +20,8 @@ from .types import MAX_TITLE_IN_CHUNK, Chunk, Paper
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Abbreviations after which a period does not end a sentence.
 _ABBREV = r"(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|Sec|Tab|No|approx|resp|w\.r\.t|a\.k\.a|St|Dr|Mr|Ms)"
-_SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
+# "generation.~Specifically": a LaTeX non-breaking space between two sentences also ends one.
+_SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])|(?<=[.!?]~)(?=[A-Z])")
 _ABBREV_END_RE = re.compile(rf"(?:\b{_ABBREV}\.|\b[A-Z]\.)$")
 
 
@@ -83,7 +84,7 @@ class Chunker:
     @property
     def signature(self) -> str:
         """Changes whenever chunk boundaries could change, so ids change with them."""
-        return f"sent-v1:{self.encoding_name}:{self.chunk_tokens}"
+        return f"sent-v2:{self.encoding_name}:{self.chunk_tokens}"
 
     def n_tokens(self, text: str) -> int:
         return len(self.enc.encode(text, disallowed_special=()))

@@ -61,6 +61,12 @@ def check_markers(text: str, n_sources: int) -> CheckedText:
     return CheckedText(cleaned.strip(), cited, invalid)
 
 
+def defuse_markers(text: str) -> str:
+    """Source text that looks like a citation marker ('[2]', '[Source 3]', an abstract's own
+    reference marks) in parentheses, so it can never read as one of our citations."""
+    return _MARKER_RE.sub(lambda m: "(" + m.group(0)[1:-1].strip() + ")", text)
+
+
 def markers_in(text: str) -> list[int]:
     return [n for m in _MARKER_RE.finditer(text) for n in _expand(m.group(1))]
 

@@ -50,9 +50,13 @@ def cmd_ingest(args) -> int:
     return 0
 
 
-def _print_answer(answer, streamed: bool) -> None:
+def _print_answer(answer, streamed: bool, evidence: bool = True) -> None:
     if not streamed:
         print(answer.text)
+    if evidence and answer.evidence:
+        print("\nEvidence:")
+        for e in answer.evidence:
+            print(f"  [{e.n}] \u201c{e.sentence}\u201d")
     if answer.meta.get("notice"):
         print(f"\nnote: {answer.meta['notice']}")
     if answer.meta.get("uncited"):
@@ -89,7 +93,7 @@ def cmd_ask(args) -> int:
         else:
             answer = piece
     print()
-    _print_answer(answer, streamed=True)
+    _print_answer(answer, streamed=True, evidence=not args.no_evidence)
     return 0
 
 
@@ -112,6 +116,20 @@ def cmd_eval(args) -> int:
     from . import evaluation
 
     return evaluation.cli(args)
+
+
+def cmd_fit(args) -> int:
+    """Fit the extractive planner by cross-validation on eval/ and write rag/data."""
+    from .fitting import fit
+
+    a = _assistant(args)
+    a.ensure_index(progress=_progress())
+    root = Path(__file__).resolve().parents[1]
+    out = args.out or Path(__file__).resolve().parent / "data"
+    config = fit(a, root, out, folds=args.folds)
+    print(f"wrote {out / 'answer_config.json'} and {out / 'type_model.npz'}")
+    print("cross-validated: " + ", ".join(f"{k} {v}" for k, v in config.cv.items()))
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -148,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["extractive", "openai", "local"],
                    help="answer mode (default: openai if configured, else extractive; local needs the [local] extra)")
     p.add_argument("--paper", action="append", metavar="ID", help="restrict retrieval to this paper id (repeatable)")
+    p.add_argument("--no-evidence", action="store_true", help="do not print the quoted sentences under the answer")
     p.add_argument("--no-index", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_ask)
 
@@ -168,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two runs")
     p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge (needs an LLM)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fit", help="fit the offline answerer's thresholds by cross-validation on eval/")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, help="folder for answer_config.json and type_model.npz (default rag/data)")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("serve", help="start the chat UI")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")

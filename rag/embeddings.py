@@ -245,3 +245,32 @@ def get_embedder(settings: Settings):
             _cache[key] = (OnnxMiniLM(settings.embedding_batch_size, settings.embedding_threads)
                            if settings.embeddings == "onnx" else OpenAIEmbedder(settings))
         return _cache[key]
+
+
+class TextVectors:
+    """Vectors of short texts (sentences, words) kept in memory by text: the same abstracts
+    come back question after question. One instance per assistant serves the planner and
+    the support check; misses go to `embed` (the persistent cache sits below it)."""
+
+    def __init__(self, embed, max_items: int = 50_000):
+        from collections import OrderedDict
+
+        self.embed = embed
+        self.max_items = max_items
+        self._vecs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._vecs))
+        if missing:
+            fresh = np.asarray(self.embed(missing), dtype=np.float32)
+            with self._lock:
+                for t, v in zip(missing, fresh):
+                    self._vecs[t] = v
+                while len(self._vecs) > self.max_items:
+                    self._vecs.popitem(last=False)
+        with self._lock:
+            if not texts:
+                return np.zeros((0, 0), dtype=np.float32)
+            return np.stack([self._vecs[t] for t in texts])

@@ -51,15 +51,16 @@ SCHEMA_VERSION = 1
 
 # The headline metrics, in report order; `LOWER_IS_BETTER` flips the sign of "better".
 HEADLINE = ["hit_at_k", "recall_at_k", "mrr", "ndcg_at_10", "citation_precision", "citation_recall",
-            "key_fact_recall", "abstention_rate", "false_abstention_rate", "invalid_citations",
-            "groundedness", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms"]
+            "key_fact_recall", "key_facts_in_lead", "answer_words_p50", "consistency", "abstention_rate",
+            "false_abstention_rate", "invalid_citations", "groundedness", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms"]
 RETRIEVAL_HEADLINE = ["recall_at_1", "recall_at_5", "recall_at_10", "mrr", "ndcg_at_10",
                       "latency_p50_ms", "latency_p95_ms"]
-LOWER_IS_BETTER = {"false_abstention_rate", "invalid_citations", "latency_p50_ms", "latency_p95_ms",
+LOWER_IS_BETTER = {"false_abstention_rate", "invalid_citations", "latency_p50_ms", "latency_p95_ms", "answer_words_p50",
                    "ttft_p50_ms", "ttft_p95_ms", "errors"}
 LABELS = {"hit_at_k": "hit@k", "recall_at_k": "recall@k", "mrr": "MRR", "ndcg_at_10": "nDCG@10",
           "citation_precision": "citation precision", "citation_recall": "citation recall",
-          "key_fact_recall": "key-fact recall", "abstention_rate": "abstention (unanswerable)",
+          "key_fact_recall": "key-fact recall", "key_facts_in_lead": "key facts in first 40 words",
+          "answer_words_p50": "median answer words", "consistency": "consistency (rephrasings)", "abstention_rate": "abstention (unanswerable)",
           "false_abstention_rate": "false abstention", "abstention_accuracy": "abstain/answer right", "invalid_citations": "invalid citations",
           "groundedness": "groundedness", "latency_p50_ms": "latency p50 ms", "latency_p95_ms": "latency p95 ms",
           "ttft_p50_ms": "first token p50 ms", "ttft_p95_ms": "first token p95 ms", "judge_score": "judge (1-5)",
@@ -78,6 +79,13 @@ class Question:
     key_facts: list[str] = field(default_factory=list)
     answer: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # for a rephrasing, the id of the question it rephrases
+    style: str = ""  # keyword | imperative | casual | synonym (rephrasings)
+
+    @property
+    def group(self) -> str:
+        """Rephrasings of one question share a group (for consistency)."""
+        return self.source or self.id
 
     @property
     def answerable(self) -> bool:
@@ -93,7 +101,8 @@ def load_questions(path: str | Path) -> list[Question]:
                 d = json.loads(line)
                 out.append(Question(str(d["id"]), d["question"], d.get("type", "unknown"),
                                     [str(g) for g in d.get("gold", [])], list(d.get("key_facts", [])),
-                                    d.get("answer", "")))
+                                    d.get("answer", ""), source=str(d.get("source") or ""),
+                                    style=str(d.get("style") or "original")))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 from .errors import CorpusError
 
@@ -158,6 +167,25 @@ def key_fact_recall(facts: Sequence[str], text: str) -> float | None:
     return sum(fact_in(f, text) for f in facts) / len(facts)
 
 
+LEAD_WORDS = 40  # what a reader sees first: key facts must land within these words
+
+
+def lead(text: str, n: int = LEAD_WORDS) -> str:
+    return " ".join(text.split()[:n])
+
+
+def consistency(rows: list[dict[str, Any]]) -> float | None:
+    """Over groups of rephrasings of one question: the share of rows that cite the same papers
+    (or abstain) as the group's most common outcome."""
+    groups: dict[str, list[tuple]] = defaultdict(list)
+    for r in rows:
+        if not r.get("error"):
+            outcome = ("abstained",) if r.get("abstained") else tuple(sorted(r.get("cited", [])))
+            groups[r.get("group") or r["id"]].append(outcome)
+    shares = [max(g.count(o) for o in set(g)) / len(g) for g in groups.values() if len(g) > 1]
+    return sum(shares) / len(shares) if shares else None
+
+
 def recall_at_k(ranked: Sequence[str], gold: Iterable[str], k: int) -> float:
     gold = set(gold)
     return len(gold & set(ranked[:k])) / len(gold) if gold else 0.0
@@ -204,10 +232,11 @@ def grade(q: Question, a: Answer, k: int, ranking: Sequence[str] | None = None,
           support: SupportChecker | None = None) -> dict[str, Any]:
     """Metrics of one answer. `ranking` is a deeper ranking for nDCG@10 (default: the
     answer's own contexts); `support` adds groundedness."""
-    retrieved = [c.paper_id for c in a.contexts]
+    retrieved = [c.paper_id for c in sorted(a.contexts, key=lambda c: c.rank or c.n)]
     cited = list(dict.fromkeys(c.paper_id for c in a.citations))
     row: dict[str, Any] = {"id": q.id, "type": q.type, "abstained": a.abstained, "cited": cited,
-                           "retrieved": retrieved[:k], "invalid_citations": a.invalid_citations}
+                           "retrieved": retrieved[:k], "invalid_citations": a.invalid_citations,
+                           "group": q.group, "style": q.style}
     if support is not None and not a.abstained:
         g = support.check(a)
         row["groundedness"] = g["groundedness"]
@@ -224,6 +253,9 @@ def grade(q: Question, a: Answer, k: int, ranking: Sequence[str] | None = None,
     if not a.abstained:
         row["citation_precision"], row["citation_recall"] = citation_pr(cited, q.gold)
     row["key_fact_recall"] = key_fact_recall(q.key_facts, "" if a.abstained else a.text)
+    row["key_facts_in_lead"] = key_fact_recall(q.key_facts, "" if a.abstained else lead(a.text))
+    if not a.abstained:
+        row["answer_words"] = len(a.text.split())
     row["missing_facts"] = [f for f in q.key_facts if a.abstained or not fact_in(f, a.text)]
     return row
 
@@ -326,6 +358,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "citation_precision": _mean(r.get("citation_precision") for r in ans),
         "citation_recall": _mean(r.get("citation_recall") for r in ans),
         "key_fact_recall": _mean(r.get("key_fact_recall") for r in ans),
+        "key_facts_in_lead": _mean(r.get("key_facts_in_lead") for r in ans),
+        "answer_words_p50": _pct((r.get("answer_words") for r in ans), 50),
+        "consistency": consistency(ok),
         "abstention_rate": _mean(r["abstained"] for r in unans) if unans else None,
         "false_abstention_rate": _mean(r["abstained"] for r in ans) if ans else None,
         "abstention_accuracy": _mean(bool(r["abstained"]) != bool(r.get("gold")) for r in ok) if ok else None,
@@ -356,10 +391,10 @@ def summarise_retrieval(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: (_r(v, 1) if k.endswith("_ms") else _r(v)) if isinstance(v, float) else v for k, v in s.items()}
 
 
-def _by_type(rows: list[dict[str, Any]], fn) -> dict[str, Any]:
+def _by_type(rows: list[dict[str, Any]], fn, key: str = "type") -> dict[str, Any]:
     groups: dict[str, list] = defaultdict(list)
     for r in rows:
-        groups[r["type"]].append(r)
+        groups[str(r.get(key))].append(r)
     return {t: fn(g) for t, g in sorted(groups.items())}
 
 
@@ -475,6 +510,8 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
     out["judge"] = bool(judge)
     out["support_thresholds"] = {"cosine": checker.cosine, "overlap": checker.overlap}
     out["summary"] = {"overall": summarise(rows), "by_type": _by_type(rows, summarise)}
+    if len({r.get("style") for r in rows}) > 1:
+        out["summary"]["by_style"] = _by_type(rows, summarise, key="style")
     out["questions"] = rows
     return out
 

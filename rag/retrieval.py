@@ -32,6 +32,7 @@ class Retrieval:
     query_vec: np.ndarray
     idf: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    revision: str = ""  # the index revision the contexts were read at
 
 
 class LexicalIndex:
@@ -210,11 +211,11 @@ class Retriever:
                 n=len(contexts) + 1, paper_id=pid, title=p.title, abstract=p.abstract,
                 score=fused[pid] / best_norm, url=p.url, code_urls=p.code_urls,
                 dense=max((x.score for x in passages), default=0.0), lexical=lex_score.get(pid, 0.0),
-                passages=passages))
+                passages=passages, rank=len(contexts) + 1))
         timings["fuse_ms"] = (time.perf_counter() - t3) * 1000
         timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
         idf = {t: lex.term_idf(t) for t in set(qterms)}
-        return Retrieval(question, contexts, qvec, idf, timings)
+        return Retrieval(question, contexts, qvec, idf, timings, revision=rev)
 
     def _diversify(self, candidates: list[str], fused: dict[str, float], k: int) -> list[str]:
         """Maximal marginal relevance over paper vectors; lambda=1 keeps the fused order."""

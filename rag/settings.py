@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     mode: Literal["auto", "extractive", "openai", "local"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'; 'local' runs the bundled SmolLM2 GGUF with llama.cpp (extra 'local').")
     min_relevance: float = Field(0.30, ge=0, le=1, description="Abstain when the best passage's cosine similarity is below this.")
     max_question_chars: int = Field(2000, ge=50, description="Longer questions are truncated (with a notice).")
+    answer_config: Path | None = Field(None, description="JSON file of the extractive planner's fitted thresholds and weights (default: the one shipped in rag/data, written by `rag fit`).")
     max_sentences: int = Field(6, ge=1, le=20, description="Most sentences the extractive answer quotes from one paper (fewer per paper when it cites several).")
 
     # LLM (openai mode)

@@ -63,6 +63,7 @@ class Context:
     dense: float = 0.0
     lexical: float = 0.0
     passages: list[Passage] = field(default_factory=list)
+    rank: int = 0  # position in the retrieval ranking (n is the marker number, in reading order)
 
 
 @dataclass
@@ -76,6 +77,15 @@ class Citation:
 
 
 @dataclass
+class Evidence:
+    """A sentence of an abstract that the answer rests on."""
+
+    n: int
+    paper_id: str
+    sentence: str
+
+
+@dataclass
 class Answer:
     question: str
     text: str
@@ -86,6 +96,7 @@ class Answer:
     invalid_citations: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    evidence: list[Evidence] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON schema shared by `rag ask --json`, the UI API and eval runs."""
@@ -100,8 +111,9 @@ class Answer:
                  "score": round(c.score, 4), "snippet": c.snippet}
                 for c in self.citations
             ],
+            "evidence": [{"n": e.n, "paper_id": e.paper_id, "sentence": e.sentence} for e in self.evidence],
             "retrieved": [
-                {"rank": c.n, "paper_id": c.paper_id, "title": c.title, "score": round(c.score, 4)}
+                {"n": c.n, "rank": c.rank or c.n, "paper_id": c.paper_id, "title": c.title, "score": round(c.score, 4)}
                 for c in self.contexts
             ],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},

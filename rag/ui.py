@@ -31,7 +31,7 @@ import gradio as gr
 
 from .chunking import split_sentences
 from .errors import ConfigError, CorpusError, CorpusErrors, LLMError, RagError
-from .generation import short_name
+from .planning import short_name
 from .types import Answer, Context, Paper
 
 log = logging.getLogger(__name__)
