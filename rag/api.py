@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MODEL_PREFIX", "ApiError", "create_api", "serve"]
 
 MODEL_PREFIX = "paper-rag"
-_CONVERSATION_ROLES = ("user", "assistant")
 
 
 # --- errors in OpenAI's shape ------------------------------------------------------------------
@@ -94,7 +93,7 @@ class ChatRequest:
     history: list[tuple[str, str]] = field(default_factory=list)  # earlier (user, assistant) turns
     stream: bool = False
     llm_options: dict[str, Any] = field(default_factory=dict)
-    prompt_texts: list[str] = field(default_factory=list)  # what `usage.prompt_tokens` counts
+    prompt_texts: list[str] = field(default_factory=list)  # the messages up to the question: `usage.prompt_tokens`
 
 
 def _text_of(content: Any) -> str | None:
@@ -302,7 +301,7 @@ class _Service:
             elif role == "assistant" and pending is not None:
                 history.append((pending, text))
                 pending = None
-        prompt = [text for role, text in parsed[: last + 1] if role in _CONVERSATION_ROLES or role == "system"]
+        prompt = [text for _, text in parsed[: last + 1]]
         return ChatRequest(model=model, mode=mode, question=question, history=history, stream=bool(stream),
                            llm_options=options, prompt_texts=prompt)
 
