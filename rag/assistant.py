@@ -12,7 +12,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 
 from .citations import build_citations, check_markers
 from .corpus import LoadResult, load_bundled, load_corpus
@@ -167,13 +167,18 @@ class Assistant:
         return self.retriever.retrieve(question, k=k, paper_ids=paper_ids)
 
     def ask(self, question: str, k: int | None = None, mode: str | None = None,
-            paper_ids: Sequence[str] | None = None) -> Answer:
-        *_, answer = self.stream(question, k=k, mode=mode, paper_ids=paper_ids)
+            paper_ids: Sequence[str] | None = None, llm_options: Mapping[str, Any] | None = None) -> Answer:
+        *_, answer = self.stream(question, k=k, mode=mode, paper_ids=paper_ids, llm_options=llm_options)
         return answer
 
     def stream(self, question: str, k: int | None = None, mode: str | None = None,
-               paper_ids: Sequence[str] | None = None) -> Iterator[str | Answer]:
-        """Yield text deltas as they are produced, then the final `Answer`."""
+               paper_ids: Sequence[str] | None = None,
+               llm_options: Mapping[str, Any] | None = None) -> Iterator[str | Answer]:
+        """Yield text deltas as they are produced, then the final `Answer`.
+
+        `llm_options` (e.g. `{"temperature": 0.7, "max_tokens": 200}`) apply to this call's
+        chat model only (bound per call, the shared model is not changed); the extractive
+        mode ignores them."""
         t0 = time.perf_counter()
         q, notice = self._clean_question(question)
         mode = mode or self.mode
@@ -185,9 +190,9 @@ class Assistant:
             self._refresh_names(retrieval.revision)
             pieces = self.extractive.stream(q, retrieval.contexts, retrieval.idf, retrieval.query_vec)
         elif mode == "local":
-            pieces = self._local_stream(q, retrieval)
+            pieces = self._local_stream(q, retrieval, llm_options)
         else:
-            pieces = self._llm_stream(q, retrieval)
+            pieces = self._llm_stream(q, retrieval, llm_options)
         for piece in pieces:
             if isinstance(piece, Draft):
                 draft = piece
@@ -279,12 +284,17 @@ class Assistant:
         except (openai.OpenAIError, ValueError) as exc:
             raise LLMError(f"the language model sent a reply that could not be read ({type(exc).__name__})") from None
 
-    def _chat_deltas(self, mode: str, question: str, sources: str) -> Iterator[str]:
-        """Text deltas from the chat model; every failure becomes an LLMError."""
+    def _chat_deltas(self, mode: str, question: str, sources: str,
+                     llm_options: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """Text deltas from the chat model; every failure becomes an LLMError. `llm_options`
+        are bound to the model for this call only (`.bind(temperature=..., max_tokens=...)`)."""
         finished = False
         llm = self.local_llm if mode == "local" else self.llm
+        chain = self.message_chain(mode)
+        if llm_options:
+            chain = chain.first | chain.last.bind(**llm_options)
         with self._llm_errors():
-            for chunk in self.message_chain(mode).stream({"question": question, "sources": sources}):
+            for chunk in chain.stream({"question": question, "sources": sources}):
                 meta = getattr(chunk, "response_metadata", None) or {}
                 finished = finished or bool(meta.get("finish_reason"))
                 delta = chunk.content if isinstance(chunk.content, str) else ""
@@ -309,14 +319,15 @@ class Assistant:
         first = re.sub(r"^(standalone question|question)\s*:\s*", "", first, flags=re.IGNORECASE)
         return first.strip().strip('"\u201c\u201d').strip() or question
 
-    def _llm_stream(self, question: str, retrieval: Retrieval) -> Iterator[str | Draft]:
+    def _llm_stream(self, question: str, retrieval: Retrieval,
+                    llm_options: Mapping[str, Any] | None = None) -> Iterator[str | Draft]:
         best = max((c.dense for c in retrieval.contexts), default=0.0)
         if best < self.settings.min_relevance:
             yield ABSTAIN_TEXT
             yield Draft(ABSTAIN_TEXT, abstained=True, meta={"abstain_reason": f"best similarity {best:.2f}"})
             return
         parts: list[str] = []
-        for delta in self._chat_deltas("openai", question, format_sources(retrieval.contexts)):
+        for delta in self._chat_deltas("openai", question, format_sources(retrieval.contexts), llm_options):
             parts.append(delta)
             yield delta
         yield Draft("".join(parts), abstained=False)
@@ -332,7 +343,8 @@ class Assistant:
                                            max_tokens=s.local_max_tokens)
         return self._local_llm
 
-    def _local_stream(self, question: str, retrieval: Retrieval) -> Iterator[str | Draft]:
+    def _local_stream(self, question: str, retrieval: Retrieval,
+                      llm_options: Mapping[str, Any] | None = None) -> Iterator[str | Draft]:
         """The small local model, on a short leash: it only sees the evidence the extractive
         planner chose, every sentence it writes must cite a source that supports it (the
         offline support check), and if nothing survives the extractive answer is used."""
@@ -366,7 +378,7 @@ class Assistant:
                     return f"{text} [{c.n}]"
             return None
 
-        for delta in self._chat_deltas("local", question, sources):
+        for delta in self._chat_deltas("local", question, sources, llm_options):
             buffer += delta
             while (m := _SENTENCE_DONE.search(buffer)) is not None:
                 sentence, buffer = buffer[: m.end()].strip(), buffer[m.end():]

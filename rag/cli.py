@@ -146,6 +146,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_api(args) -> int:
+    """The OpenAI-compatible HTTP API (rag/api.py); indexes the bundled corpus on first use."""
+    from .api import MODEL_PREFIX, serve
+
+    a = _assistant(args)
+    print(f"paper-rag: index at {a.store.location}", flush=True)
+    report = a.ensure_index(progress=_progress())
+    if report is not None:
+        print(f"paper-rag: indexed the bundled corpus: {report.summary()}", flush=True)
+    s = a.settings
+    host, port = args.host or s.api_host, s.api_port if args.port is None else args.port
+    models = ", ".join([MODEL_PREFIX] + [f"{MODEL_PREFIX}-{m}" for m in a.available_modes()])
+    print(f"paper-rag: {a.count()} papers; {a.describe_mode()}", flush=True)
+    print(f"paper-rag: OpenAI-compatible API at http://{host}:{port}/v1 (models: {models}; "
+          f"{'bearer key required (RAG_API_KEY)' if s.api_key is not None else 'no key required'})", flush=True)
+    serve(a, host=host, port=port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description="Ask questions about research paper abstracts; "
                                      "answers cite the papers they come from. Offline by default.")
@@ -198,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")
     p.add_argument("--mode", choices=["extractive", "openai", "local"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("api", help="serve an OpenAI-compatible HTTP API (/v1/chat/completions)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, RAG_API_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000, RAG_API_PORT)")
+    p.add_argument("--mode", choices=["extractive", "openai", "local"], help="the mode of the 'paper-rag' model")
+    p.set_defaults(func=cmd_api)
     return parser
 
 

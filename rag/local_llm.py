@@ -72,14 +72,18 @@ class LlamaCppChat(BaseChatModel):
                                 verbose=False)
         return self._llama
 
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> dict[str, Any]:
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:
+        """`temperature` / `max_tokens` passed with the call (`.bind(...)`) win over the fields."""
+        temperature = kwargs.get("temperature")
+        max_tokens = kwargs.get("max_tokens")
         return {"messages": [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages],
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "stop": stop or None}
+                "temperature": self.temperature if temperature is None else float(temperature),
+                "max_tokens": self.max_tokens if max_tokens is None else int(max_tokens), "stop": stop or None}
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         with self._lock:  # one llama.cpp context is not re-entrant
-            out = self._client().create_chat_completion(**self._request(messages, stop))
+            out = self._client().create_chat_completion(**self._request(messages, stop, **kwargs))
         choice = out["choices"][0]
         message = AIMessage(content=choice["message"].get("content") or "",
                             response_metadata={"finish_reason": choice.get("finish_reason")})
@@ -88,7 +92,7 @@ class LlamaCppChat(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         with self._lock:
-            for part in self._client().create_chat_completion(**self._request(messages, stop), stream=True):
+            for part in self._client().create_chat_completion(**self._request(messages, stop, **kwargs), stream=True):
                 choice = part["choices"][0]
                 delta = choice.get("delta", {}).get("content") or ""
                 finish = choice.get("finish_reason")

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     ui_auth: SecretStr | None = Field(None, description="'user:password' to require a login in the UI.")
     max_upload_mb: float = Field(10.0, gt=0, description="Largest corpus file accepted from the browser.")
 
+    # HTTP API (`rag api`, OpenAI-compatible)
+    api_host: str = Field("127.0.0.1", description="Address the OpenAI-compatible API binds to (loopback unless told otherwise).")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port of the OpenAI-compatible API.")
+    api_key: SecretStr | None = Field(None, description="When set, every /v1 request needs 'Authorization: Bearer <key>' (RAG_API_KEY); unset = no auth.")
+    api_max_body_kb: int = Field(256, ge=1, le=102400, description="Largest request body the API accepts, in KiB (larger: HTTP 413).")
+    api_concurrency: int = Field(8, ge=1, le=64, description="Answers the API computes at once; further requests wait their turn.")
+
     @property
     def chroma_path(self) -> Path:
         return self.data_dir / "chroma"
@@ -94,7 +101,7 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict:
         """Settings safe to print or store in reports: secrets are masked."""
         data = self.model_dump(mode="json")
-        for key in ("openai_api_key", "ui_auth"):
+        for key in ("openai_api_key", "ui_auth", "api_key"):
             if data.get(key):
                 data[key] = "***"
         for key in ("openai_base_url", "embeddings_base_url", "chroma_url"):

@@ -7,7 +7,9 @@ Only this module imports gradio, so `import rag` stays cheap.
 Everything shown in HTML (abstracts, titles, questions, uploaded text, model output) goes
 through `html.escape` first; the chatbot additionally sanitises and never renders raw HTML.
 The pure helpers (`sources_html`, `paper_html`, `highlight`, `answer_markdown`,
-`chat_text`, `is_elliptical`, `followup`) are what the tests exercise directly.
+`chat_text`) are what the tests exercise directly. The conversation logic (`Turn`, `Plan`,
+`is_elliptical`, `followup`, `condense_question`) lives in `rag.conversation`, shared with
+the HTTP API; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from .chunking import split_sentences
+from .conversation import Plan, Turn, condense_question, followup, is_elliptical
 from .errors import ConfigError, CorpusError, CorpusErrors, LLMError, RagError
-from .planning import short_name
 from .types import Answer, Context, Paper
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EXAMPLES",
+    "Plan",
+    "Turn",
     "answer_markdown",
     "chat_text",
     "condense_question",
@@ -249,102 +252,6 @@ def mode_html(assistant, mode: str) -> str:
 
 def available_modes(assistant) -> list[str]:
     return assistant.available_modes()
-
-
-# --- follow-up questions ---------------------------------------------------------------------
-
-_LEAD_RE = re.compile(r"^\s*(?:and|also|but|so|then|ok(?:ay)?|and also)\b[\s,]*", re.IGNORECASE)
-_WHAT_ABOUT_RE = re.compile(r"^\s*(?:and\s+)?(?:what|how)\s+about\b", re.IGNORECASE)
-_REF_RE = re.compile(
-    r"\b(?:it|its|they|them|their|theirs|this paper|that paper|the paper|these papers|those papers|"
-    r"this method|that method|this work|that work|this approach|that approach|this model|that model|"
-    r"the same paper|the authors)\b|\bthat\s*\??\s*$", re.IGNORECASE)
-
-
-def is_elliptical(question: str) -> bool:
-    """A follow-up that leans on the previous turn: short, starts with 'and'/'what about',
-    or refers back ('it', 'they', 'this paper', 'that ...')."""
-    q = question.strip()
-    if not q:
-        return False
-    return len(q.split()) <= 3 or bool(_LEAD_RE.match(q) or _WHAT_ABOUT_RE.match(q) or _REF_RE.search(q))
-
-
-def _name_of(title: str) -> str:
-    return short_name(title) or f"\u201c{title}\u201d"
-
-
-def _substitute(question: str, name: str) -> str:
-    """Replace references to 'the paper' by its name ('it' -> 'Ada-NETS')."""
-    def repl(m: re.Match) -> str:
-        word = m.group(0).lower().strip()
-        if word.startswith("that") and not word.startswith("that "):  # a trailing "that?"
-            return name + m.group(0)[4:]
-        if word in ("its", "their", "theirs"):
-            return f"{name}'s"
-        return name
-    return _REF_RE.sub(repl, question)
-
-
-@dataclass
-class Turn:
-    question: str  # as typed
-    asked: str  # as searched
-    cited_ids: list[str] = field(default_factory=list)
-    cited_titles: list[str] = field(default_factory=list)
-    answer_text: str = ""
-    abstained: bool = False
-
-
-@dataclass
-class Plan:
-    question: str  # what is sent to the assistant
-    paper_ids: list[str] | None = None
-    note: str | None = None  # shown to the user when the question was reinterpreted
-    followup: bool = False
-
-
-def followup(question: str, previous: Turn | None, scope: Sequence[Paper] = ()) -> Plan:
-    """Extractive mode: keep the previous turn's topic for an elliptical question by
-    restricting retrieval to the papers it cited and naming them in the question.
-    `scope` (from "ask about this paper") restricts every question to those papers."""
-    q = question.strip()
-    if scope:
-        ids = [p.id for p in scope]
-        asked = _substitute(q, _name_of(scope[0].title)) if len(scope) == 1 else q
-        names = ", ".join(p.title for p in scope)
-        return Plan(asked, ids, f"Searched only in: {names}" + (f" (as: {asked})" if asked != q else ""))
-    if previous is None or not is_elliptical(q):
-        return Plan(q)
-    body = _LEAD_RE.sub("", q, count=1).strip() or q
-    if previous.cited_ids and not previous.abstained:
-        if len(previous.cited_ids) == 1:
-            asked = _substitute(body, _name_of(previous.cited_titles[0]))
-            if asked == body and len(body.split()) <= 3:
-                asked = f"{previous.asked} {body}"
-        else:
-            asked = f"{previous.asked} {body}"
-        names = ", ".join(_name_of(t) for t in previous.cited_titles)
-        return Plan(asked, list(previous.cited_ids), f"Follow-up: searched only in the papers cited before "
-                    f"({names}), as: {asked}", followup=True)
-    asked = f"{previous.asked} {body}"
-    return Plan(asked, None, f"Follow-up: searched as: {asked}", followup=True)
-
-
-def _history_text(turns: Sequence[Turn], limit: int = 3) -> str:
-    out = []
-    for t in list(turns)[-limit:]:
-        answer = re.sub(r"\s+", " ", t.answer_text).strip()
-        out.append(f"User: {t.question}\nAssistant: {answer[:800]}")
-    return "\n".join(out)
-
-
-def condense_question(assistant, turns: Sequence[Turn], question: str) -> str:
-    """openai mode: rewrite a follow-up into a standalone question with the LLM
-    (prompt: prompts/condense_question.md)."""
-    if not turns:
-        return question
-    return assistant.condense(_history_text(turns), question)
 
 
 # --- the app ----------------------------------------------------------------------------------

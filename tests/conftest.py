@@ -155,3 +155,26 @@ def serve_app(assistant):
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+@contextmanager
+def serve_api(assistant, log_level: str = "warning"):
+    """The OpenAI-compatible API (rag/api.py) for `assistant` under uvicorn on a free
+    127.0.0.1 port, in a background thread; yields its base URL (without /v1)."""
+    import threading
+
+    import uvicorn
+
+    from rag.api import create_api
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(assistant), host="127.0.0.1", port=port,
+                                           log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
