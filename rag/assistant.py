@@ -300,7 +300,7 @@ class Assistant:
         for delta in self._chat_deltas("openai", question, format_sources(retrieval.contexts)):
             parts.append(delta)
             yield delta
-        yield Draft("".join(parts), abstained=False)
+        yield Draft("".join(parts), abstained=False, meta={"model": self.settings.llm_model})
 
     def ensure_local_model(self, progress=None) -> Path:
         """The local model's GGUF, verified (and assembled into the data dir on first use:
