@@ -8,7 +8,10 @@ token and total time:
 
 - "evidence": a few sentences chosen from three abstracts (~180 prompt tokens), what the
   local mode sends;
-- "abstracts": the same three whole abstracts (~900 prompt tokens), what the openai mode sends.
+- "abstracts": the same three whole abstracts (~900 prompt tokens), what the openai mode sends;
+- "evidence, full length": the first prompt again with the end-of-turn tokens suppressed, so
+  that exactly --max-tokens tokens are generated (a steady generation speed even when the
+  model's answer is one short sentence).
 
 Each prompt runs on a cleared context (nothing reused). Then the prompt-cache study: the
 time to the first token of a second question that shares the system prompt, (a) on a
@@ -92,7 +95,17 @@ def _perf(llm) -> dict:
     return {"prompt_tokens": p.n_p_eval, "prompt_ms": p.t_p_eval_ms, "gen_tokens": p.n_eval, "gen_ms": p.t_eval_ms}
 
 
-def run_prompt(llm, messages, max_tokens: int, reset: bool = True) -> dict:
+def _end_tokens(llm) -> dict[int, float]:
+    """Bias against every end-of-turn token, so that a run generates exactly max_tokens."""
+    ids = {llm.token_eos()}
+    for marker in (b"<|im_end|>", b"<|endoftext|>"):
+        toks = llm.tokenize(marker, add_bos=False, special=True)
+        if len(toks) == 1:
+            ids.add(toks[0])
+    return {i: -100.0 for i in ids}
+
+
+def run_prompt(llm, messages, max_tokens: int, reset: bool = True, full_length: bool = False) -> dict:
     import llama_cpp
 
     if reset:
@@ -101,7 +114,9 @@ def run_prompt(llm, messages, max_tokens: int, reset: bool = True) -> dict:
     t0 = time.perf_counter()
     first = None
     text = []
-    for part in llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True):
+    bias = _end_tokens(llm) if full_length else None
+    for part in llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
+                                           logit_bias=bias):
         delta = part["choices"][0]["delta"].get("content") or ""
         if delta and first is None:
             first = time.perf_counter()
@@ -168,13 +183,15 @@ def bench_model(name: str, args) -> dict:
     print(f"\n{name} ({model.title}): verify/assemble {verify_s:.2f} s, load {load_s:.2f} s, "
           f"n_ctx {result['n_ctx']}, {args.threads} threads")
     run_prompt(llm, build_messages(QUESTION, True), max_tokens=1)  # page the weights in once
-    print(f"  {'prompt':10s} {'tokens':>6s} {'prompt tok/s':>12s} {'gen tok/s':>9s} {'first token':>11s} {'total':>7s}")
-    for label, evidence in (("evidence", True), ("abstracts", False)):
-        r = run_prompt(llm, build_messages(QUESTION, evidence), max_tokens=args.max_tokens)
+    print(f"  {'prompt':22s} {'tokens':>6s} {'prompt tok/s':>12s} {'gen tok/s':>9s} {'first token':>11s} {'total':>7s}")
+    for label, evidence, full in (("evidence", True, False), ("abstracts", False, False),
+                                  ("evidence, full length", True, True)):
+        r = run_prompt(llm, build_messages(QUESTION, evidence), max_tokens=args.max_tokens, full_length=full)
         result["prompts"][label] = r
-        print(f"  {label:10s} {r['prompt_tokens']:6d} {r['prompt_tok_s']:12.1f} {r['gen_tok_s'] or 0:9.1f} "
+        print(f"  {label:22s} {r['prompt_tokens']:6d} {r['prompt_tok_s']:12.1f} {r['gen_tok_s'] or 0:9.1f} "
               f"{r['first_token_s']:10.2f}s {r['total_s']:6.2f}s   ({r['gen_tokens']} generated)")
-        print(f"    answer: {r['text'][:160]!r}")
+        if not full:
+            print(f"    answer: {r['text'][:160]!r}")
     study = cache_study(llm, args.repeats)
     result["prompt_cache"] = study
     print(f"  second question, same system prompt ({args.repeats} interleaved runs):")
