@@ -17,7 +17,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .analysis import named_things
 from .planning import short_name
+from .text import content_terms
 from .types import ABSTAIN_TEXT, Citation, Paper
 
 __all__ = [
@@ -42,13 +44,49 @@ _REF_RE = re.compile(
     r"the same paper|the authors)\b|\bthat\s*\??\s*$", re.IGNORECASE)
 
 
+# "these papers" in a question that carries its own topic means the corpus, not the last answer.
+_PLURAL_REF_RE = re.compile(r"\b(?:these|those|the) papers\b", re.IGNORECASE)
+_PREPOSITION_RE = re.compile(r"^(on|for|in|with|at|from|using|under|over|against|versus|vs\.?)\s+(.+)$", re.IGNORECASE)
+
+
 def is_elliptical(question: str) -> bool:
     """A follow-up that leans on the previous turn: short, starts with 'and'/'what about',
-    or refers back ('it', 'they', 'this paper', 'that ...')."""
+    or refers back ('it', 'they', 'this paper', 'that ...'). A full question that says
+    'these papers' but names its own topic is not one."""
     q = question.strip()
     if not q:
         return False
-    return len(q.split()) <= 3 or bool(_LEAD_RE.match(q) or _WHAT_ABOUT_RE.match(q) or _REF_RE.search(q))
+    if len(q.split()) <= 3 or _LEAD_RE.match(q) or _WHAT_ABOUT_RE.match(q):
+        return True
+    refs = [m.group(0) for m in _REF_RE.finditer(q)]
+    if not refs:
+        return False
+    if all(_PLURAL_REF_RE.fullmatch(r) for r in refs) and len(content_terms(_PLURAL_REF_RE.sub(" ", q))) >= 3:
+        return False
+    return True
+
+
+def replace_part(previous: str, fragment: str) -> str | None:
+    """'What accuracy does FaceNet reach on LFW?' + 'on YouTube Faces' -> the same question on
+    YouTube Faces: a prepositional fragment replaces the previous question's phrase with the
+    same preposition, a bare name replaces the last thing it named. None when neither fits."""
+    frag = fragment.strip().rstrip("?.! ").strip()
+    if not frag:
+        return None
+    prev = previous.strip()
+    end = prev[-1] if prev and prev[-1] in "?.!" else ""
+    body = prev.rstrip("?.! ")
+    m = _PREPOSITION_RE.match(frag)
+    if m:
+        phrase = re.compile(rf"\b{re.escape(m.group(1))}\s+[^,;?!]+$", re.IGNORECASE)
+        found = phrase.search(body)
+        return f"{body[:found.start()]}{frag}{end}" if found else None
+    names = named_things(body)
+    if names and len(frag.split()) <= 5 and named_things(frag):
+        last = names[-1]
+        at = body.rfind(last)
+        return f"{body[:at]}{frag}{body[at + len(last):]}{end}" if at >= 0 else None
+    return None
 
 
 def _name_of(title: str) -> str:
@@ -83,6 +121,7 @@ class Plan:
     paper_ids: list[str] | None = None
     note: str | None = None  # shown to the user when the question was reinterpreted
     followup: bool = False
+    typed: str = ""  # the question as typed (the UI offers to search all papers with it)
 
 
 def followup(question: str, previous: Turn | None, scope: Sequence[Paper] = ()) -> Plan:
@@ -98,6 +137,11 @@ def followup(question: str, previous: Turn | None, scope: Sequence[Paper] = ()) 
     if previous is None or not is_elliptical(q):
         return Plan(q)
     body = _LEAD_RE.sub("", q, count=1).strip() or q
+    body = _WHAT_ABOUT_RE.sub("", body, count=1).strip() or body
+    replaced = replace_part(previous.asked, body)
+    if replaced:  # a standalone question again: search everything with it
+        return Plan(replaced, None, f"Follow-up, searched as: {replaced}", followup=True, typed=q)
+    body = _LEAD_RE.sub("", q, count=1).strip() or q
     if previous.cited_ids and not previous.abstained:
         if len(previous.cited_ids) == 1:
             asked = _substitute(body, _name_of(previous.cited_titles[0]))
@@ -107,9 +151,9 @@ def followup(question: str, previous: Turn | None, scope: Sequence[Paper] = ()) 
             asked = f"{previous.asked} {body}"
         names = ", ".join(_name_of(t) for t in previous.cited_titles)
         return Plan(asked, list(previous.cited_ids), f"Follow-up: searched only in the papers cited before "
-                    f"({names}), as: {asked}", followup=True)
+                    f"({names}), as: {asked}", followup=True, typed=q)
     asked = f"{previous.asked} {body}"
-    return Plan(asked, None, f"Follow-up: searched as: {asked}", followup=True)
+    return Plan(asked, None, f"Follow-up: searched as: {asked}", followup=True, typed=q)
 
 
 def _history_text(turns: Sequence[Turn], limit: int = 3) -> str:

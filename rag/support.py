@@ -33,6 +33,8 @@ def attach_markers(text: str) -> str:
 
 
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
+# The extractive answer's own connectives ("Two papers:", "Three papers compared:") state nothing.
+_CONNECTIVE = re.compile(r"^\W*(?:one|two|three|four|five|six|\d+) papers(?: compared)?:", re.I)
 _ENDS_WITH_MARKER = re.compile(r"\[\d{1,3}\]\W*$")
 _ABBREV_END = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|cf|etc|approx|resp|Fig|Figs|Eq|Sec|Tab|No)\.|\b[A-Z]\.)$")
 
@@ -45,6 +47,7 @@ def _strip_names(sentence: str, titles: Iterable[str]) -> str:
         if t:
             out = re.sub(re.escape(t), " ", out, flags=re.I)
     out = re.sub(r"[\u201c\u201d\"]\s*[\u201c\u201d\"]", " ", out)
+    out = _CONNECTIVE.sub(" ", out)
     return re.sub(r"\s+", " ", out).strip(" -:;,\n\t")
 
 
@@ -66,6 +69,35 @@ def answer_sentences(answer: Answer) -> list[tuple[str, list[int]]]:
         return _PLACEHOLDER.sub(lambda m: titles.get(int(m.group(1)), ""), sent)
 
     out: list[tuple[str, list[int]]] = []
+    for line in text.split("\n"):
+        line_out: list[tuple[str, list[int]]] = []
+        _line_sentences(line, restore, abstracts, line_out)
+        out.extend(_cite_quotes(line_out))
+    return out
+
+
+def _cite_quotes(sentences: list[tuple[str, list[int]]]) -> list[tuple[str, list[int]]]:
+    """The extractive answer cites a quoted clause once, beside its opening or closing mark
+    ('**X** [1]: “S1. S2.”' or '“S1. S2.” [1]'): that marker covers every sentence inside."""
+    out = list(sentences)
+    i = 0
+    while i < len(out):
+        if "\u201c" not in out[i][0]:
+            i += 1
+            continue
+        j = i
+        while j < len(out) - 1 and "\u201d" not in out[j][0]:
+            j += 1
+        run = out[i:j + 1]
+        nums = next((n for _, n in run if n), [])
+        out[i:j + 1] = [(sent, n or nums) for sent, n in run]
+        i = j + 1
+    return out
+
+
+def _line_sentences(text: str, restore, abstracts: dict[int, str], out: list[tuple[str, list[int]]]) -> None:
+    from .citations import claims
+
     for sent, nums in claims(text):
         sent = restore(sent)
         # A fragment that does not end in a marker is the head of a sentence the splitter
@@ -80,7 +112,6 @@ def answer_sentences(answer: Answer) -> list[tuple[str, list[int]]]:
             else:
                 break
         out.append((sent, nums))
-    return out
 
 
 def content_share(sentence: str, reference: str) -> float:

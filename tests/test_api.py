@@ -146,8 +146,14 @@ def test_ask_endpoint_equals_rag_ask_json(api_url, index_copy):
     want = json.loads(out.stdout)
     assert set(got) == set(want)
     assert set(got["timings_ms"]) == set(want["timings_ms"])
-    for key in set(want) - {"timings_ms"}:
+    # Scores may differ in the third decimal between processes (ONNX reductions on threads).
+    for key in set(want) - {"timings_ms", "retrieved", "citations"}:
         assert got[key] == want[key], key
+    for key in ("retrieved", "citations"):
+        assert len(got[key]) == len(want[key]), key
+        for g, w in zip(got[key], want[key]):
+            assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in w.items() if k != "score"}
+            assert abs(g["score"] - w["score"]) < 0.02, key
     assert got["citations"][0]["paper_id"] == ADA_ID and len(got["retrieved"]) == 4
 
 
