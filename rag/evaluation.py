@@ -121,11 +121,42 @@ def is_pubmedqa(path: str | Path) -> bool:
     return head.startswith("{") and '"QUESTION"' in head
 
 
-def load_pubmedqa(path: str | Path) -> tuple[list[Paper], list[Question]]:
+_AUX = ("do", "does", "did", "is", "are", "was", "were", "can", "could", "should", "will", "would", "has", "have",
+        "had", "may", "might", "must")
+_PREDICATE_START = re.compile(
+    r"^(?:\w+(?:ed|en|ive|able|ible|ful|ous|ent|ant)|associated|related|linked|necessary|effective|useful|"
+    r"safe|better|worse|superior|inferior|different|present|available|possible|due|able|likely|sufficient|reliable|"
+    r"accurate|common|important|feasible|predictive|more|less|still|really|also|worth|true|a|an)$", re.I)
+
+
+def as_statement(question: str) -> str:
+    """A yes/no question rewritten as the claim it tests, for claim-like retrieval queries:
+    'Do mitochondria play a role in ...?' -> 'Mitochondria play a role in ...';
+    'Is X associated with Y?' -> 'X is associated with Y'. Rule-based, so approximate
+    (the subject ends before the first word that looks like the start of a predicate)."""
+    q = question.strip().rstrip("?").strip()
+    words_ = q.split()
+    if len(words_) < 3 or words_[0].lower() not in _AUX:
+        return q
+    aux, rest = words_[0].lower(), words_[1:]
+    if aux in ("do", "does", "did", "can", "could", "should", "will", "would", "may", "might", "must"):
+        out = rest
+    else:
+        cut = next((i for i in range(1, len(rest)) if _PREDICATE_START.match(rest[i])), None)
+        out = rest if cut is None else rest[:cut] + [aux] + rest[cut:]
+    text = " ".join(out)
+    return text[:1].upper() + text[1:] + "."
+
+
+def load_pubmedqa(path: str | Path, statements: bool = False,
+                  conclusions: bool = False) -> tuple[list[Paper], list[Question]]:
     """Papers and questions from PubMedQA's format; each question's gold is its own abstract.
 
     The question is not used as the title (it would leak the answer into the index):
     the title is "PubMed <id>" and the text is the CONTEXTS followed by the LONG_ANSWER.
+    `statements`: ask each yes/no question as the claim it tests (`as_statement`).
+    `conclusions`: a harder claim-retrieval set: the abstract's conclusion (LONG_ANSWER) is
+    the query and is left out of the indexed text, so it must be matched by paraphrase.
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
@@ -139,15 +170,18 @@ def load_pubmedqa(path: str | Path) -> tuple[list[Paper], list[Question]]:
         contexts = rec.get("CONTEXTS") or []
         text = " ".join(str(c).strip() for c in contexts)
         long_answer = str(rec.get("LONG_ANSWER") or "").strip()
-        abstract = f"{text} {long_answer}".strip()
+        abstract = text if conclusions else f"{text} {long_answer}".strip()
         if not abstract or not str(rec.get("QUESTION") or "").strip():
             continue
         year = rec.get("YEAR")
         papers.append(Paper(id=pmid, title=f"PubMed {pmid}", abstract=abstract,
                             url=f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/",
                             year=int(year) if str(year or "").isdigit() else None))
-        questions.append(Question(pmid, str(rec["QUESTION"]).strip(), "pubmedqa", [pmid], [], long_answer,
-                                  meta={"final_decision": rec.get("final_decision")}))
+        asked = long_answer if conclusions else str(rec["QUESTION"]).strip()
+        if not asked:
+            continue
+        questions.append(Question(pmid, as_statement(asked) if statements else asked, "pubmedqa", [pmid], [],
+                                  long_answer, meta={"final_decision": rec.get("final_decision")}))
     return papers, questions
 
 

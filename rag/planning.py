@@ -31,6 +31,10 @@ _NUMBER_WORDS = re.compile(r"\b(?:one|two|three|four|five|six|seven|eight|nine|t
                            r"forty|fifty|hundred|hundreds|thousand|thousands|million|millions|billion|dozen|dozens)\b",
                            re.I)
 _DIGITS = re.compile(r"\d")
+# The noun a question asks for: "Which datasets were used", "what loss does", "how many images".
+_HEAD_RE = re.compile(r"\b(?:which|what|how many|name the|list the|give the)\s+(?:[\w-]+\s+){0,2}?([\w-]+?)\s+"
+                      r"(?:does|do|did|is|are|was|were|has|have|had|can|could|makes?|used|to|of|for|in|on|that|the)\b",
+                      re.I)
 # A sentence that states the paper's own contribution ("we propose X", "... is introduced").
 _CONTRIBUTION = re.compile(r"\b(?:we|this (?:paper|work|study)|our)\b[^.]{0,40}\b(?:propos|introduc|present|design|"
                            r"develop|devis|build|construct|formulat|call|name|coin|dub)\w*|\b(?:propos|introduc)ed\b", re.I)
@@ -140,6 +144,7 @@ def sentence_features(qa: QuestionAnalysis, sents: list[Sentence], weights: dict
     described = stems[closest.index] if closest else set()
     residual = {t: w for t, w in focus.items() if t not in described}
     p_paper, p_desc = qa.type_probs.get("paper", 0.0), qa.type_probs.get("description", 0.0)
+    head = set(terms(" ".join(_HEAD_RE.findall(qa.question)))) - STOPWORDS
     for s, have in zip(sents, stems):
         own = have - asked
         f = {"cos": s.cos, "cos_gap": s.cos - top, "coverage": coverage(weights, have),
@@ -150,6 +155,7 @@ def sentence_features(qa: QuestionAnalysis, sents: list[Sentence], weights: dict
              "length": min(len(s.text.split()), 60) / 30.0}
         f["number_q"] = f["number"] * wants_number
         f["residual"] = coverage(residual, have) if residual else 0.0
+        f["head"] = float(bool(head & have))
         f["top_cos"] = float(s is closest)
         f["cos_paper"] = s.cos * p_paper
         f["residual_description"] = f["residual"] * p_desc

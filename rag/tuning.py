@@ -25,7 +25,7 @@ SENTENCE_CUES = ("propos", "introduc", "present", "achiev", "outperform", "exper
                  "framework", "network", "modul", "loss")
 SENTENCE_FEATURES = ("cos", "cos_gap", "coverage", "focus", "novelty", "number", "number_q", "position",
                      "first", "last", "length", "local", "local_focus", "prev_cos", "next_cos", "prev_local", "next_local", "residual", "top_cos", "cos_paper",
-                     "residual_description", "local_description", "contribution", "contribution_several", "focus_several",
+                     "residual_description", "local_description", "head", "contribution", "contribution_several", "focus_several",
                      "names") + tuple(f"cue_{c}" for c in SENTENCE_CUES)
 # Per-paper features the paper scorer weighs (computed in rag/planning.py).
 PAPER_FEATURES = ("sent_cos", "dense", "coverage", "sent_coverage", "key_coverage", "lexical", "fused",
