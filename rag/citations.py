@@ -61,6 +61,17 @@ def check_markers(text: str, n_sources: int) -> CheckedText:
     return CheckedText(cleaned.strip(), cited, invalid)
 
 
+def defuse_markers(text: str) -> str:
+    """Source text that would read as our citations ('[2]', '[1, 3]', '[Source 3]', '[ 2 ]' in a
+    title or an abstract) becomes parenthesised ('(2)', '(1, 3)', '(Source 3)'). The same regex as
+    `check_markers`, so whatever it would take for a citation is defused here."""
+    def repl(m: re.Match) -> str:
+        return "(" + " ".join(m.group(0)[1:-1].split()) + ")"
+
+    # "[7[9]]" -> "[7(9)]": no new marker can appear, so one pass is enough.
+    return _MARKER_RE.sub(repl, text)
+
+
 def markers_in(text: str) -> list[int]:
     return [n for m in _MARKER_RE.finditer(text) for n in _expand(m.group(1))]
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .chunking import split_sentences
+from .citations import defuse_markers
 from .errors import ConfigError
 from .settings import Settings
 from .text import content_terms, has_number, terms, words
@@ -37,11 +38,6 @@ _COUNTED_RE = re.compile(r"^\W*how many ((?:[\w+-]+\s+){0,3}?[\w+-]+?)\s+(?:are|
                          r"can|could|in|of|per|for|to|and|does|used|were|needed|make|exist)\b", re.I)
 _METRIC_RE = re.compile(r"^\W*what\s+((?:[\w+-]+\s+){0,3}?[\w+-]+?)\s+(?:does|do|did|is|was|on|score|scores)\b", re.I)
 _NUMBER_WORDS = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion|dozen)s?\b", re.I)
-
-
-def _defuse_markers(sentence: str) -> str:
-    """An abstract's own reference marks ('like [11]') must not read as our citations."""
-    return re.sub(r"\[(\s*\d[\d\s,;\u2013-]*)\]", r"(\1)", sentence)
 
 
 def _has_quantity(text: str) -> bool:
@@ -289,9 +285,9 @@ class ExtractiveAnswerer:
         snippets: dict[int, str] = {}
         bullets = len(plan["chosen"]) > 1
         for c in plan["chosen"]:
-            quoted = [_defuse_markers(s) for p in plan["picks"][c.n] for s in split_sentences(p.text)]
+            quoted = [defuse_markers(s) for p in plan["picks"][c.n] for s in split_sentences(p.text)]
             snippets[c.n] = " ".join(p.text for p in plan["picks"][c.n])
-            lead = f"{'- ' if bullets else ''}\u201c{c.title}\u201d [{c.n}]:"
+            lead = f"{'- ' if bullets else ''}\u201c{defuse_markers(c.title)}\u201d [{c.n}]:"
             piece = lead + "".join(f" {s} [{c.n}]" for s in quoted)
             piece = (piece + "\n") if bullets else piece
             pieces.append(piece)
@@ -307,12 +303,15 @@ class ExtractiveAnswerer:
 
 def format_sources(contexts: list[Context], texts: dict[int, str] | None = None) -> str:
     """Sources for the LLM, delimited so that text inside them reads as data; escaped, so
-    an abstract cannot close its block and forge another source."""
+    an abstract cannot close its block and forge another source. Marker-like text in titles
+    and abstracts ('[2]') is defused, so the model cannot copy it into a citation."""
     def body(c: Context) -> str:
-        return html.escape((texts or {}).get(c.n, c.abstract), quote=False)
+        return html.escape(defuse_markers((texts or {}).get(c.n, c.abstract)), quote=False)
 
-    return "\n\n".join(f'<source id="{c.n}" title="{html.escape(c.title, quote=True)}">\n{body(c)}\n</source>'
-                       for c in contexts)
+    def title(c: Context) -> str:
+        return html.escape(defuse_markers(c.title), quote=True)
+
+    return "\n\n".join(f'<source id="{c.n}" title="{title(c)}">\n{body(c)}\n</source>' for c in contexts)
 
 
 def llm_from_settings(settings: Settings, streaming: bool = True):
