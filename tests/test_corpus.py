@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import SEED_FILE
-from rag.corpus import (bundled_corpus_path, find_urls, load_bundled, load_corpus, slugify,
+from rag.corpus import (bundled_corpus_path, find_urls, generated_id, load_bundled, load_corpus, slugify,
                         write_jsonl)
 from rag.errors import CorpusError, CorpusErrors
 
@@ -53,7 +54,9 @@ def _assert_located(err: CorpusError, path: Path, line: int | None, field: str |
 def seed_result():
     if not SEED_FILE.is_file():
         pytest.skip(f"seed file not available at {SEED_FILE}")
-    return load_corpus([SEED_FILE])
+    # The bundled corpus was converted with plain slug ids (`make corpus` still is), which
+    # eval/*.jsonl refer to; user files get hashed ids (test_generated_ids_carry_a_title_hash).
+    return load_corpus([SEED_FILE], id_scheme="slug")
 
 
 def test_seed_file_parses_to_119_papers(seed_result):
@@ -92,8 +95,26 @@ def test_ids_unique_and_stable_slugs(seed_result):
     for p in papers:
         assert p.id == slugify(p.title)  # no collisions in the seed, so every id is the plain slug
         assert len(p.id) <= 48
-    again = load_corpus([SEED_FILE]).papers
+    again = load_corpus([SEED_FILE], id_scheme="slug").papers
     assert [p.id for p in again] == ids
+
+
+def test_generated_ids_carry_a_title_hash(seed_result):
+    """Without an id, a paper's id is a <=40-character slug plus a hash of its normalised
+    title: the same title in any case or punctuation gets the same id, and two titles that
+    share their first words (the bundled FaceNet's 48-character slug) never share one."""
+    hashed = load_corpus([SEED_FILE]).papers
+    assert [p.title for p in hashed] == [p.title for p in seed_result.papers]
+    for p in hashed:
+        slug, _, digest = p.id.rpartition("-")
+        assert len(slug) <= 40 and re.fullmatch(r"[0-9a-f]{8}", digest), p.id
+        assert p.id == generated_id(p.title)
+    assert generated_id("FaceNet: A Unified Embedding") == generated_id("facenet -- a unified EMBEDDING!")
+    facenet = "FaceNet: A Unified Embedding for Face Recognition and Clustering"
+    lookalike = "FaceNet: A Unified Embedding for Face Recognition and Verification at Web Scale"
+    assert slugify(facenet) == slugify(lookalike)  # the old ids collided
+    assert generated_id(facenet) != generated_id(lookalike)
+    assert not set(p.id for p in hashed) & set(p.id for p in load_bundled())  # no generated id is a bundled id
 
 
 def test_seed_format_header_and_subscribe_prefix(tmp_path):
@@ -141,7 +162,7 @@ def test_jsonl_loader_fields_and_metadata(tmp_path):
     assert p1.authors == ("Ann Lee", "Bo Chen")
     assert p1.year == 2021
     assert p1.metadata == {"venue": "CVPR", "tags": ["graphs", "faces"]}
-    assert p2.id == "second-paper"
+    assert p2.id == generated_id(p2.title) and p2.id.startswith("second-paper-")
     assert p2.authors == ("Ann Lee", "Bo Chen", "Cy Dao")
     assert p2.year == 2019
     assert p2.url is None and p2.metadata == {}
@@ -343,13 +364,17 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
 def test_auto_ids_do_not_collide(tmp_path):
     long_a = "A Very Long Title About Graph Neural Networks For Faces Version One"
     long_b = "A Very Long Title About Graph Neural Networks For Faces Version Two"
-    assert slugify(long_a) == slugify(long_b)  # truncation makes the slugs equal
+    assert slugify(long_a) == slugify(long_b)  # truncation makes the slugs equal...
     path = _jsonl(tmp_path / "c.jsonl", [{"title": long_a, "abstract": "one."},
-                                          {"title": long_b, "abstract": "two."}])
+                                          {"title": long_b, "abstract": "two."},
+                                          # ...and an explicit id may even equal a generated one
+                                          {"id": generated_id("Third"), "title": "Other", "abstract": "x."},
+                                          {"title": "Third", "abstract": "three."}])
     result = load_corpus([path])
     assert result.errors == []
     ids = [p.id for p in result.papers]
-    assert ids == [slugify(long_a), slugify(long_a) + "-2"]
+    assert ids[0] != ids[1] and ids[0] == generated_id(long_a) and ids[1] == generated_id(long_b)
+    assert ids[2:] == [generated_id("Third"), generated_id("Third") + "-2"]  # the explicit id keeps its paper
     assert [p.id for p in load_corpus([path]).papers] == ids
 
 
