@@ -411,3 +411,91 @@ def test_code_urls_on_bundled_corpus():
         for u in p.code_urls:
             assert not u.endswith((".", ",", ";", ":", "}")), u
             assert "{" not in u
+
+
+# --- what the file is, checked before it is read ---------------------------------------------------
+
+def _one_error(path) -> CorpusError:
+    result = load_corpus([path])
+    assert len(result.errors) == 1 and not result.papers, [str(e) for e in result.errors]
+    return result.errors[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "papers.jsonl"
+    os.mkfifo(fifo)
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(_one_error(fifo)), daemon=True)
+    t.start()
+    t.join(10)
+    assert box, "loading a FIFO blocked"  # opening it for reading would wait for a writer forever
+    assert "is a FIFO (named pipe), not a regular file" in box[0].message and box[0].hint
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_device_is_refused_before_reading(device):
+    if not Path(device).exists():
+        pytest.skip(f"{device} missing")
+    err = _one_error(Path(device))
+    assert "is a character device, not a regular file" in err.message
+
+
+def test_a_socket_is_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "s.jsonl"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        assert "is a socket" in _one_error(path).message
+
+
+def test_a_symlink_loop_and_a_broken_link_are_named(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    err = _one_error(a)
+    assert "symlink loop" in err.message and "real file" in err.hint
+    dangling = tmp_path / "d.jsonl"
+    dangling.symlink_to(tmp_path / "missing.jsonl")
+    assert "a symlink to a missing file" in _one_error(dangling).message
+
+
+def test_an_unreadable_file_is_a_located_error(tmp_path):
+    """chmod 000 stops everyone but root; CI runs as root, where a write-only /proc/sys file
+    gives a real EACCES on read, through the same code path (stat passes, open fails)."""
+    import os
+
+    path = tmp_path / "secret.jsonl"
+    path.write_text('{"title": "T", "abstract": "A."}\n')
+    path.chmod(0)
+    if os.geteuid() == 0:
+        path = Path("/proc/sys/vm/compact_memory")
+        try:
+            path.read_bytes()
+            pytest.skip("no file here that root cannot read")
+        except PermissionError:
+            pass
+        except OSError:
+            pytest.skip("no write-only /proc/sys file here")
+    err = _one_error(path)
+    assert "permission denied" in err.message and "chmod u+r" in err.hint
+
+
+def test_an_absurdly_large_file_is_refused_before_reading(tmp_path):
+    from rag.corpus import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk, no memory
+    err = _one_error(path)
+    assert "the limit is 1 GB" in err.message and "Split" in err.hint
+
+
+def test_a_file_without_papers_is_an_error(tmp_path):
+    for name, text in (("empty.jsonl", ""), ("blank.csv", "title,abstract\n"), ("list.json", "[]"),
+                       ("spaces.txt", "\n \n")):
+        err = _one_error(_write(tmp_path / name, text))
+        assert "no papers found in this file" in err.message, name
