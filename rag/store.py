@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from urllib.parse import urlparse
 
@@ -323,7 +322,10 @@ class PaperStore:
                 except Exception:  # noqa: BLE001 - the store failed; keep writing=True so no false alarm
                     pass
                 self._seen_generation = state.new_generation()
-                state.save(self.settings.data_dir)
+                try:
+                    state.save(self.settings.data_dir)
+                except OSError as exc:  # e.g. a full disk: the papers are written, only the marker is stale
+                    log.warning("cannot update %s (%s)", self.settings.data_dir / "paper-rag.json", exc.strerror)
 
     def count(self) -> int:
         return self._read(lambda: self.papers.count())
