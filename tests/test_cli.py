@@ -129,6 +129,12 @@ def _one_paper(tmp):
     return str(tmp / "one.jsonl")
 
 
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
+
+
 Q = "What accuracy does FaceNet reach on LFW?"
 BAD = [
     # (environment, argv, what the error must name)
@@ -170,7 +176,8 @@ BAD = [
 def test_bad_settings_flags_and_files_are_one_clear_error(tmp_path, env, argv, named):
     argv = [a(tmp_path) if callable(a) else a for a in argv]
     full = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data"), **env}
-    out = subprocess.run(RAG + argv, capture_output=True, text=True, env=full, timeout=120, cwd=tmp_path)
+    out = subprocess.run(RAG + argv, capture_output=True, text=True, env=full, timeout=120, cwd=tmp_path,
+                         preexec_fn=_cap_memory)  # a runaway read of /dev/zero must not take the machine
     assert out.returncode != 0, out.stdout
     assert "Traceback" not in out.stderr + out.stdout, out.stderr
     assert named in out.stderr, out.stderr

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SEED_FILE
-from rag.corpus import (bundled_corpus_path, find_urls, generated_id, load_bundled, load_corpus, slugify,
-                        write_jsonl)
+from rag.corpus import bundled_corpus_path, find_urls, load_bundled, load_corpus, slugify, write_jsonl
 from rag.errors import CorpusError, CorpusErrors
 
 FIRST_TITLE = ("Learning Multi-dimensional Edge Feature-based AU Relation Graph "
@@ -103,6 +102,8 @@ def test_generated_ids_carry_a_title_hash(seed_result):
     """Without an id, a paper's id is a <=40-character slug plus a hash of its normalised
     title: the same title in any case or punctuation gets the same id, and two titles that
     share their first words (the bundled FaceNet's 48-character slug) never share one."""
+    from rag.corpus import generated_id
+
     hashed = load_corpus([SEED_FILE]).papers
     assert [p.title for p in hashed] == [p.title for p in seed_result.papers]
     for p in hashed:
@@ -162,6 +163,8 @@ def test_jsonl_loader_fields_and_metadata(tmp_path):
     assert p1.authors == ("Ann Lee", "Bo Chen")
     assert p1.year == 2021
     assert p1.metadata == {"venue": "CVPR", "tags": ["graphs", "faces"]}
+    from rag.corpus import generated_id
+
     assert p2.id == generated_id(p2.title) and p2.id.startswith("second-paper-")
     assert p2.authors == ("Ann Lee", "Bo Chen", "Cy Dao")
     assert p2.year == 2019
@@ -362,6 +365,8 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
 
 
 def test_auto_ids_do_not_collide(tmp_path):
+    from rag.corpus import generated_id
+
     long_a = "A Very Long Title About Graph Neural Networks For Faces Version One"
     long_b = "A Very Long Title About Graph Neural Networks For Faces Version Two"
     assert slugify(long_a) == slugify(long_b)  # truncation makes the slugs equal...
@@ -437,10 +442,19 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
 def test_a_device_is_refused_before_reading(device):
+    """In a child process with a memory cap: reading /dev/zero whole would take all memory."""
+    import subprocess
+    import sys
+
     if not Path(device).exists():
         pytest.skip(f"{device} missing")
-    err = _one_error(Path(device))
-    assert "is a character device, not a regular file" in err.message
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))\n"
+            "from rag.corpus import load_corpus\n"
+            "print('|'.join(e.message for e in load_corpus([sys.argv[1]]).errors))\n")
+    out = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == f"{device}: is a character device, not a regular file"
 
 
 def test_a_socket_is_refused(tmp_path):
