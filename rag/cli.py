@@ -19,7 +19,6 @@ from .errors import RagError
 
 
 def _assistant(args):
-    from .assistant import Assistant
     from .settings import load_settings
 
     overrides = {}
@@ -29,7 +28,11 @@ def _assistant(args):
         overrides["k"] = args.k
     if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
-    return Assistant(load_settings(**overrides))
+    settings = load_settings(**overrides)  # before the heavy imports: a bad value fails fast
+
+    from .assistant import Assistant
+
+    return Assistant(settings)
 
 
 def _progress():

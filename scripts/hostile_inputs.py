@@ -101,7 +101,7 @@ def _limit_memory(mb: int):
 
 
 def rag(args: list[str], data: Path | str | None, timeout: float = 180, env: dict[str, str] | None = None,
-        cwd: Path | None = None, unset_data_dir: bool = False, memory_mb: int = 6000) -> Run:
+        cwd: Path | None = None, unset_data_dir: bool = False, memory_mb: int = 3000) -> Run:
     full = base_env(**(env or {}))
     if data is not None and not unset_data_dir and "RAG_DATA_DIR" not in (env or {}):
         full["RAG_DATA_DIR"] = str(data)
