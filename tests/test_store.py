@@ -600,3 +600,16 @@ def test_a_damaged_lexical_cache_is_rebuilt(index_copy, caplog, name, content):
         answer = b.ask("What accuracy does FaceNet reach on LFW?")
     assert answer.citations[0].paper_id == "facenet-a-unified-embedding-for-face-recognition"
     assert any("damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_marker_only_costs_its_checks(index_copy, caplog):
+    """paper-rag.json only adds checks: a garbled one is reported and written again at the next ingest."""
+    marker = index_copy / "paper-rag.json"
+    marker.write_text("{not json")
+    with caplog.at_level("WARNING", logger="rag"):
+        store = PaperStore(Settings(data_dir=index_copy))
+        assert store.count() == 119
+    assert any("paper-rag.json is damaged" in r.getMessage() for r in caplog.records)
+    store.ingest([_paper("m1", "Marker Mending", "We mend markers.")])
+    state = json.loads(marker.read_text())
+    assert state["papers"] == 120 and state["writing"] is False and state["user_writes"] is True
