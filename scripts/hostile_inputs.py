@@ -940,6 +940,50 @@ def _(ctx):
     return judge(run, "error", lambda r: None if "another ingest" in r.err else "does not say another ingest runs")
 
 
+_LONG_LIVED = r"""
+import json, sys
+from rag import Assistant, Settings
+a = Assistant(Settings(data_dir=sys.argv[1], mode="extractive"))
+a.ask("What accuracy does FaceNet reach on LFW?")
+print("ready", flush=True)
+sys.stdin.readline()  # meanwhile another process ingests
+report, _ = a.ingest([sys.argv[2]])
+print(json.dumps(len(report.added)), flush=True)
+"""
+
+
+@case("concurrency", "the chat's upload after a CLI ingest (a long-lived process writes)")
+def _(ctx):
+    """What the UI does: one process keeps its index open, a CLI ingest writes behind it,
+    then the long-lived process ingests an upload."""
+    data = ctx.fresh("long-lived")
+    d = ctx.scratch("f")
+    cli_rows, upload_rows = synthetic(1200, "H", 88), synthetic(20, "J", 99)  # past Chroma's 1,000-record sync
+    f_cli, f_up = write_jsonl(d / "cli.jsonl", cli_rows), write_jsonl(d / "upload.jsonl", upload_rows)
+    before = inspect(data)
+    proc = subprocess.Popen([PY, "-c", _LONG_LIVED, str(data), str(f_up)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        return Outcome("traceback", proc.stderr.read().strip().splitlines()[-1][:160])
+    run = rag(["ingest", str(f_cli)], data, timeout=900)
+    try:
+        out, err = proc.communicate("\n", timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return Outcome("hang", "the long-lived process did not finish its ingest")
+    if "Traceback" in err or "Traceback" in run.text:
+        return Outcome("traceback", (err or run.text).strip().splitlines()[-1][:160])
+    after = inspect(data)
+    problem = lost(before, after) or _all_listed(after, cli_rows) or _all_listed(after, upload_rows)
+    if problem:
+        return Outcome("lost", problem)
+    ans = _ask_json(data, FACENET_Q)
+    if not ans or FACENET_ID not in [c["paper_id"] for c in ans.get("citations", [])]:
+        return Outcome("lost", "ask fails afterwards")
+    return Outcome("ok") if proc.returncode == 0 and run.rc == 0 else Outcome("wrong", f"exit {proc.returncode}")
+
+
 @case("concurrency", "ingest --rebuild afterwards")
 def _(ctx):
     data = ctx.fresh("rebuild")

@@ -197,7 +197,7 @@ def test_a_store_written_behind_by_another_process_reopens_before_writing(index_
     behind used to break the index for good when it wrote ("Error finding id" ever after)."""
     a = Assistant(Settings(data_dir=index_copy, mode="extractive"))
     assert a.ask(FACENET_Q).citations  # the client is open and has read the index
-    rows = synthetic_papers(150, "X", 7)
+    rows = synthetic_papers(1200, "X", 7)  # past Chroma's 1,000-record sync, where a stale client breaks the index
     out = subprocess.run([sys.executable, "-m", "rag.cli", "ingest",
                           str(write_jsonl_rows(tmp_path / "x.jsonl", rows))],
                          capture_output=True, text=True, env={**os.environ, "RAG_DATA_DIR": str(index_copy)},
@@ -211,7 +211,7 @@ def test_a_store_written_behind_by_another_process_reopens_before_writing(index_
     report, _ = a.ingest(papers=[], paths=[write_jsonl_rows(tmp_path / "y.jsonl", synthetic_papers(20, "Y", 8))])
     assert len(report.added) == 20
     view = _fresh_view(index_copy)
-    assert view.count() == 119 + 150 + 20
+    assert view.count() == 119 + 1200 + 20
     _consistent(view)
     for pid in list(view.all_papers())[::25]:
         assert view.chunks_of([pid])[pid], pid  # every chunk readable with its vector
@@ -221,7 +221,7 @@ def test_a_store_written_behind_by_another_process_reopens_before_writing(index_
 def test_a_reader_process_keeps_answering_during_an_ingest(index_copy, tmp_path):
     a = Assistant(Settings(data_dir=index_copy, mode="extractive"))
     expected = a.ask(FACENET_Q)
-    rows = synthetic_papers(600, "R", 9)
+    rows = synthetic_papers(1200, "R", 9)
     writer = _rag(["ingest", str(write_jsonl_rows(tmp_path / "r.jsonl", rows))], index_copy,
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     new_ids = {generated_id(r["title"]): r["title"] for r in rows}
