@@ -12,7 +12,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .citations import build_citations, check_markers
 from .corpus import LoadResult, load_bundled, load_corpus
@@ -24,7 +24,7 @@ from .local_models import get_local_model, local_model_ctx, local_model_label, r
 from .planning import Planner
 from .prompting import load_prompt
 from .retrieval import Retrieval, Retriever
-from .settings import Settings, redact_url
+from .settings import Settings, load_settings, redact_url
 from .store import IngestReport, PaperStore
 from .tuning import AnswerConfig
 from .text import terms
@@ -38,7 +38,7 @@ _SENTENCE_DONE = re.compile(r"[.!?](?:\s*\[[\d,\s-]+\])*\s+(?=\S)")
 class Assistant:
     def __init__(self, settings: Settings | None = None, llm: Any = None, embeddings: Any = None,
                  store: PaperStore | None = None):
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         self._llm = llm
         self._embeddings = embeddings
         self._store = store
@@ -132,18 +132,27 @@ class Assistant:
         return self.store.all_papers().get(paper_id)
 
     def ingest(self, paths: Iterable[str | Path] = (), papers: Sequence[Paper] | None = None,
-               progress=None, skip_invalid: bool = False, replace_all: bool = False) -> tuple[IngestReport, LoadResult]:
-        """Validate everything first; a file with errors writes nothing unless skip_invalid."""
+               progress=None, skip_invalid: bool = False, replace_all: bool = False, replace: bool = False,
+               rebuild: bool = False, wait: bool = True,
+               on_wait: Callable[[str], None] | None = None) -> tuple[IngestReport, LoadResult]:
+        """Validate everything first; a file with errors writes nothing unless skip_invalid.
+
+        Papers whose id is taken by another indexed paper are reported in `report.conflicts`
+        and not written unless `replace`; papers already indexed under another id are reported
+        in `report.duplicates`. One writer per data dir: with another one running this waits
+        (telling `on_wait`), or raises IndexBusyError if wait=False.
+        """
         result = load_corpus(paths) if paths else LoadResult(papers=list(papers or []))
         if result.errors and not skip_invalid:
             result.raise_for_errors()
-        return self.store.ingest(result.papers, progress=progress, replace_all=replace_all), result
+        report = self.store.ingest(result.papers, progress=progress, replace_all=replace_all, replace=replace,
+                                   rebuild=rebuild, wait=wait, on_wait=on_wait)
+        return report, result
 
-    def ensure_index(self, progress=None) -> IngestReport | None:
-        """Index the bundled corpus if the index is empty (first run)."""
-        if self.store.count() > 0:
-            return None
-        return self.store.ingest(load_bundled(), progress=progress)
+    def ensure_index(self, progress=None, on_wait: Callable[[str], None] | None = None) -> IngestReport | None:
+        """Index the bundled corpus into a new, empty index (first run); never over an index
+        that holds papers or that paper-rag did not create (an IndexMissingError says so)."""
+        return self.store.index_bundled_if_new(load_bundled, progress=progress, on_wait=on_wait)
 
     def papers(self, search: str | None = None) -> list[Paper]:
         """All papers by title; with `search`, title (and id) matches first, then abstract matches."""

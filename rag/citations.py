@@ -62,9 +62,14 @@ def check_markers(text: str, n_sources: int) -> CheckedText:
 
 
 def defuse_markers(text: str) -> str:
-    """Source text that looks like a citation marker ('[2]', '[Source 3]', an abstract's own
-    reference marks) in parentheses, so it can never read as one of our citations."""
-    return _MARKER_RE.sub(lambda m: "(" + m.group(0)[1:-1].strip() + ")", text)
+    """Source text that would read as our citations ('[2]', '[1, 3]', '[Source 3]', '[ 2 ]' in a
+    title or an abstract) becomes parenthesised ('(2)', '(1, 3)', '(Source 3)'). The same regex as
+    `check_markers`, so whatever it would take for a citation is defused here."""
+    def repl(m: re.Match) -> str:
+        return "(" + " ".join(m.group(0)[1:-1].split()) + ")"
+
+    # "[7[9]]" -> "[7(9)]": no new marker can appear, so one pass is enough.
+    return _MARKER_RE.sub(repl, text)
 
 
 def markers_in(text: str) -> list[int]:

@@ -1,10 +1,17 @@
 """`rag` on the command line. Heavy modules are imported inside commands so that
-`rag --help` stays instant."""
+`rag --help` stays instant.
+
+Exit codes: 0 done; 1 done in part (an ingest with id conflicts) or an unexpected error
+(one `error:` line; RAG_DEBUG=1 shows the traceback); 2 a clear error with a hint (bad
+input, settings or index), or bad command-line arguments; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,17 +19,20 @@ from .errors import RagError
 
 
 def _assistant(args):
-    from .assistant import Assistant
     from .settings import load_settings
 
     overrides = {}
     if getattr(args, "mode", None):
         overrides["mode"] = args.mode
-    if getattr(args, "k", None):
+    if getattr(args, "k", None) is not None:
         overrides["k"] = args.k
-    if getattr(args, "data_dir", None):
+    if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
-    return Assistant(load_settings(**overrides))
+    settings = load_settings(**overrides)  # before the heavy imports: a bad value fails fast
+
+    from .assistant import Assistant
+
+    return Assistant(settings)
 
 
 def _progress():
@@ -38,6 +48,11 @@ def _prepare_local_model(a) -> None:
         a.ensure_local_model(progress=_progress())
 
 
+def _say(message: str) -> None:
+    """One status line on stderr (e.g. "another ingest (pid N) is running; waiting ...")."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_ingest(args) -> int:
     from .corpus import bundled_corpus_path
 
@@ -45,15 +60,24 @@ def cmd_ingest(args) -> int:
     paths = list(args.paths)
     if args.bundled or not paths:
         paths.insert(0, bundled_corpus_path())
-    if args.rebuild:
-        a.store.delete_papers(list(a.store.all_papers()))
-    report, loaded = a.ingest(paths, progress=_progress(), skip_invalid=args.skip_invalid)
+    report, loaded = a.ingest(paths, progress=_progress(), skip_invalid=args.skip_invalid, replace=args.replace,
+                              rebuild=args.rebuild, wait=not args.no_wait, on_wait=_say)
     for err in loaded.errors:
         print(f"skipped: {err.message}", file=sys.stderr)
     for dup in loaded.duplicates:
         print(f"duplicate: {dup}", file=sys.stderr)
+    for issue in report.duplicates:
+        print(f"duplicate: {issue.describe()}", file=sys.stderr)
+    for issue in report.conflicts:
+        print(f"conflict: {issue.describe()}", file=sys.stderr)
     print(report.summary())
     print(f"index: {a.store.location} ({a.store.count()} papers)")
+    if report.conflicts:
+        print(f"error: {len(report.conflicts)} paper(s) not indexed: their id belongs to another indexed paper "
+              f"(the rest was indexed)", file=sys.stderr)
+        print("hint: give them ids of their own (or no id: one is generated from the title), or rerun with "
+              "--replace to replace the indexed papers", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -87,7 +111,7 @@ def _print_answer(answer, streamed: bool, evidence: bool = True) -> None:
 def cmd_ask(args) -> int:
     a = _assistant(args)
     if a.settings.mode == "auto" or not args.no_index:
-        a.ensure_index(progress=_progress())
+        a.ensure_index(progress=_progress(), on_wait=_say)
     _prepare_local_model(a)
     question = " ".join(args.question)
     paper_ids = args.paper or None
@@ -107,7 +131,7 @@ def cmd_ask(args) -> int:
 
 def cmd_papers(args) -> int:
     a = _assistant(args)
-    a.ensure_index(progress=_progress())
+    a.ensure_index(progress=_progress(), on_wait=_say)
     papers = a.papers(args.search)
     if args.json:
         from .types import paper_to_dict
@@ -146,7 +170,7 @@ def cmd_serve(args) -> int:
 
     a = _assistant(args)
     print(f"paper-rag: index at {a.store.location}", flush=True)
-    report = a.ensure_index(progress=_progress())
+    report = a.ensure_index(progress=_progress(), on_wait=_say)
     if report is not None:
         print(f"paper-rag: indexed the bundled corpus: {report.summary()}", flush=True)
     _prepare_local_model(a)
@@ -174,23 +198,66 @@ def cmd_api(args) -> int:
     return 0
 
 
+def _setting_type(field: str):
+    """An argparse type that accepts exactly what the Settings field accepts (its own bounds)."""
+    def parse(text: str):
+        from typing import Annotated
+
+        from pydantic import TypeAdapter, ValidationError
+
+        from .settings import Settings, allowed_values
+
+        info = Settings.model_fields[field]
+        annotation = Annotated[tuple([info.annotation, *info.metadata])] if info.metadata else info.annotation
+        try:
+            return TypeAdapter(annotation).validate_python(text)
+        except ValidationError:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed_values(field)}") from None
+    return parse
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number, at least {low}")
+        return value
+    return parse
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text).expanduser()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description="Ask questions about research paper abstracts; "
-                                     "answers cite the papers they come from. Offline by default.")
-    parser.add_argument("--data-dir", type=Path, help="index folder (default: RAG_DATA_DIR or ~/.local/share/paper-rag)")
+                                     "answers cite the papers they come from. Offline by default.",
+                                     epilog="RAG_DEBUG=1 shows the traceback of an unexpected error.")
+    parser.add_argument("--data-dir", type=_folder, help="index folder (default: RAG_DATA_DIR or ~/.local/share/paper-rag)")
     sub = parser.add_subparsers(dest="command", required=True)
+    k_type = _setting_type("k")
 
     p = sub.add_parser("ingest", help="index papers (JSONL, JSON, CSV or the seed text format)")
     p.add_argument("paths", nargs="*", type=Path, help="corpus files; none = the bundled corpus")
     p.add_argument("--bundled", action="store_true", help="also (re)index the bundled corpus")
     p.add_argument("--skip-invalid", action="store_true", help="index the valid records of a file with errors")
     p.add_argument("--rebuild", action="store_true", help="drop every indexed paper first")
+    p.add_argument("--replace", action="store_true",
+                   help="let a paper replace the indexed paper with the same id and another title "
+                        "(otherwise that is reported as a conflict and skipped)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once if another ingest is writing to the index (default: wait for it)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("ask", help="answer a question with citations")
     p.add_argument("question", nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema in README)")
-    p.add_argument("--k", type=int, help="papers to retrieve (default 5)")
+    p.add_argument("--k", type=k_type, help="papers to retrieve, 1-50 (default 5)")
     p.add_argument("--mode", choices=["extractive", "openai", "local"],
                    help="answer mode (default: openai if configured, else extractive; local needs the [local] extra)")
     p.add_argument("--paper", action="append", metavar="ID", help="restrict retrieval to this paper id (repeatable)")
@@ -207,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="set_path", type=Path, help="question file (default eval/questions.jsonl); "
                    "PubMedQA's ori_pqal.json is recognised")
     p.add_argument("--mode", choices=["extractive", "openai", "local"])
-    p.add_argument("--k", type=int, default=None)
-    p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--k", type=k_type, default=None, help="papers to retrieve, 1-50")
+    p.add_argument("--limit", type=_int_at_least(1), help="only the first N questions")
+    p.add_argument("--concurrency", type=_int_at_least(1), default=1)
     p.add_argument("--out", type=Path, help="folder for the JSON, Markdown and PNG reports (default eval/runs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two runs")
@@ -223,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start the chat UI")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--port", type=_setting_type("ui_port"), default=None,
+                   help="port, 0-65535 (default 7860; 0 = any free port)")
     p.add_argument("--mode", choices=["extractive", "openai", "local"])
     p.set_defaults(func=cmd_serve)
 
@@ -235,8 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLine(logging.Handler):
+    """Warnings of the `rag` logger as one `warning: ...` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never be the thing that fails
+            self.handleError(record)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("rag")
+    if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+        handler = _WarningLine(level=logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False  # once, not again through the root logger's last-resort handler
+    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
+    debug = os.environ.get("RAG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         return args.func(args)
     except RagError as exc:
@@ -247,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last safety net: one line, never a traceback (unless RAG_DEBUG)
+        if debug:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"error: unexpected {type(exc).__name__}{': ' + text if text else ''}", file=sys.stderr)
+        print("hint: this is a bug or an unusual environment; set RAG_DEBUG=1 for the traceback and "
+              "report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,21 +7,24 @@ bad file is rejected before anything already stored can be disturbed.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .errors import CorpusError, CorpusErrors
 from .types import Paper, paper_to_dict
 
 MAX_TITLE_CHARS = 1_000
 MAX_ABSTRACT_CHARS = 50_000
+MAX_FILE_BYTES = 1024 ** 3  # a corpus file is read whole; 1 GB is ~700k abstracts
 KNOWN_FIELDS = {"id", "title", "abstract", "url", "authors", "year", "code_urls"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _URL_RE = re.compile(r"https?://[^\s<>\"'(){}\[\]]+")
@@ -58,7 +61,23 @@ def normalise_title(title: str) -> str:
     return re.sub(r"[\W_]+", "", text)
 
 
+def abstract_key(abstract: str) -> str:
+    """Spacing and case do not make a different abstract."""
+    return hashlib.sha1(" ".join(abstract.split()).lower().encode()).hexdigest()[:16]
+
+
+def generated_id(title: str) -> str:
+    """The id of a paper that has none: a readable slug plus a hash of the normalised title,
+    so two titles sharing their first words never share an id, and the same title (in any
+    case or punctuation) always gets the same one."""
+    key = normalise_title(title)
+    if not key:  # no letters or digits: the slug is already "paper-<hash of the title>"
+        return slugify(title, 40)
+    return f"{slugify(title, 40)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
 def slugify(title: str, max_len: int = 48) -> str:
+    """The title as a slug, cut at a word boundary (the bundled corpus's ids: 48 characters)."""
     text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
     words = re.findall(r"[a-z0-9]+", text.lower())
     slug = ""
@@ -73,12 +92,15 @@ def find_urls(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(u.rstrip(".,;:") for u in _URL_RE.findall(text)))
 
 
-def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
+def load_corpus(paths: Iterable[str | Path], id_scheme: Literal["hashed", "slug"] = "hashed") -> LoadResult:
     """Load and validate several files as one corpus; duplicates are kept once.
 
-    Explicit ids are the user's and are kept; generated ids (title slugs) are assigned
-    afterwards so they step aside for explicit ones, wherever those appear.
+    Explicit ids are the user's and are kept; generated ids are assigned afterwards so they
+    step aside for explicit ones, wherever those appear. `id_scheme="slug"` generates the plain
+    48-character slugs of the bundled corpus (used to rebuild it from its seed file with the
+    same ids); the default adds a title hash (`generated_id`).
     """
+    make_id = generated_id if id_scheme == "hashed" else slugify
     result = LoadResult()
     seen_titles: dict[str, str] = {}
     seen_content: dict[str, str] = {}
@@ -86,12 +108,14 @@ def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
     explicit: dict[str, tuple[Path, int]] = {}
     for path in paths:
         path = Path(path)
+        n_records, n_errors = 0, len(result.errors)
         for line, raw in _records(path, result.errors):
-            paper = _to_paper(raw, path, line, result.errors)
+            n_records += 1
+            paper = _to_paper(raw, path, line, result.errors, make_id)
             if paper is None:
                 continue
             title_key = normalise_title(paper.title)
-            content_key = hashlib.sha1(" ".join(paper.abstract.split()).lower().encode()).hexdigest()
+            content_key = abstract_key(paper.abstract)
             first = (seen_titles.get(title_key) if title_key else None) or seen_content.get(content_key)
             if first is not None:
                 result.duplicates.append(f"{path.name}:{line}: '{paper.title[:60]}' duplicates {first}")
@@ -108,6 +132,10 @@ def load_corpus(paths: Iterable[str | Path]) -> LoadResult:
                 seen_titles[title_key] = paper.id
             seen_content[content_key] = paper.id
             accepted.append((paper, has_id))
+        if n_records == 0 and len(result.errors) == n_errors:
+            result.errors.append(CorpusError("no papers found in this file", file=str(path),
+                                             hint="Check that this is the file you meant; `rag ingest` takes "
+                                                  ".jsonl, .json, .csv, .tsv or seed .txt files."))
     used = set(explicit)
     for paper, has_id in accepted:
         if not has_id:
@@ -125,20 +153,62 @@ def _replace_id(p: Paper, pid: str) -> Paper:
                  authors=p.authors, year=p.year, metadata=p.metadata)
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def _read_text(path: Path) -> str:
+    """The file's text. What it is gets checked first (os.stat), so a FIFO or a device is
+    refused before it could block or stream forever."""
+    def fail(message: str, hint: str | None = None) -> CorpusError:
+        return CorpusError(message, file=str(path), hint=hint)
+
     try:
-        data = path.read_bytes()
+        st = path.stat()
     except FileNotFoundError:
-        raise CorpusError("file not found", file=str(path),
-                          hint="Check the path; `rag ingest` takes .jsonl, .csv or .txt files.") from None
-    except IsADirectoryError:
-        raise CorpusError("is a directory, expected a file", file=str(path)) from None
+        broken = " (a symlink to a missing file)" if path.is_symlink() else ""
+        raise fail(f"file not found{broken}", "Check the path; `rag ingest` takes .jsonl, .csv or .txt files.") from None
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise fail("is a directory, expected a file",
+                   f"Pass the files inside it, e.g. `rag ingest {path}/*.jsonl`.") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise fail(f"is {kind}, not a regular file",
+                   "Save the papers to a regular .jsonl, .csv or .txt file and ingest that.")
+    if st.st_size > MAX_FILE_BYTES:
+        raise fail(f"is {st.st_size / 1024 ** 3:.1f} GB; the limit is {MAX_FILE_BYTES / 1024 ** 3:.0f} GB",
+                   "Split it into smaller files and ingest them one after another.")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)  # a file that lies about its size is still capped
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise fail(f"is larger than the {MAX_FILE_BYTES / 1024 ** 3:.0f} GB limit",
+                   "Split it into smaller files and ingest them one after another.")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise CorpusError(f"not valid UTF-8 (byte {exc.start})", file=str(path), line=line,
                           hint="Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`.") from None
+
+
+def _os_error(path: Path, exc: OSError) -> CorpusError:
+    """An OSError from stat or read as one located line with a fix."""
+    if exc.errno == errno.ELOOP:
+        return CorpusError("is a symlink loop (the link points back at itself)", file=str(path),
+                           hint="Point the link at the real file, or pass the real file's path.")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return CorpusError("permission denied: the file cannot be read", file=str(path),
+                           hint=f"Make it readable (`chmod u+r {path}`) or ingest a copy you can read.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return CorpusError("the path is too long", file=str(path), hint="Use a shorter path.")
+    reason = exc.strerror or type(exc).__name__
+    return CorpusError(f"cannot be read ({reason})", file=str(path),
+                       hint="Check that the file exists and is readable, then ingest it again.")
 
 
 def _records(path: Path, errors: list[CorpusError]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -244,7 +314,8 @@ def _seed_records(text: str, path: Path, errors: list[CorpusError]):
         yield n, {"title": title, "abstract": lines[i + 1][1]}
 
 
-def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusError]) -> Paper | None:
+def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusError],
+              make_id: Callable[[str], str] = generated_id) -> Paper | None:
     def bad(msg: str, fld: str) -> None:
         errors.append(CorpusError(msg, file=str(path), line=line, field=fld))
 
@@ -292,7 +363,7 @@ def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusErr
     if url is not None and not isinstance(url, str):
         return bad("url must be a string", "url")
     extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
-    return Paper(id=pid or slugify(title), title=title, abstract=abstract, url=url or None,
+    return Paper(id=pid or make_id(title), title=title, abstract=abstract, url=url or None,
                  code_urls=find_urls(abstract), authors=authors, year=year, metadata=extra)
 
 
@@ -315,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     args = argv if argv is not None else sys.argv[1:]
-    result = load_corpus([args[0]])
+    result = load_corpus([args[0]], id_scheme="slug")  # the bundled ids, which eval/*.jsonl refer to
     result.raise_for_errors()
     print(f"wrote {write_jsonl(result.papers, args[1])} papers to {args[1]}")
 

@@ -9,6 +9,7 @@ short query costs what it is.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from .errors import ConfigError, LLMError, ModelFilesError
 from .settings import Settings
 
+log = logging.getLogger(__name__)
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with this window
 ONNX_MODEL_ID = "all-MiniLM-L6-v2@onnx-int8"
 _TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json",
@@ -175,34 +177,101 @@ class OpenAIEmbedder:
 
 class EmbeddingCache:
     """Vectors keyed by a hash of (model, text) in SQLite, so rebuilding an index or
-    resuming a killed ingest re-embeds nothing that was embedded before."""
+    resuming a killed ingest re-embeds nothing that was embedded before.
+
+    It is only a cache: a damaged file is moved aside (`embeddings.sqlite.broken`) and a new
+    one started, and a folder that cannot be written gives an in-memory cache, each with a
+    warning on the `rag` logger, never an error.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _connect(self, target: str):
         import sqlite3
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
-        self._lock = threading.Lock()
+        db = sqlite3.connect(target, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        db.execute("SELECT key, vec FROM vectors LIMIT 1").fetchall()
+        return db
+
+    def _open(self):
+        import sqlite3
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._connect(str(self.path))
+        except OSError as exc:
+            return self._in_memory(f"its folder cannot be written ({exc.strerror})")
+        except sqlite3.DatabaseError as exc:
+            if _unwritable(exc):
+                return self._in_memory(f"it cannot be written ({exc})")
+            moved = self._move_aside()
+            log.warning("the embedding cache %s was damaged (%s); %s and started a new one "
+                        "(papers may be embedded again once)", self.path, exc,
+                        f"moved it to {moved.name}" if moved else "removed it")
+            try:
+                return self._connect(str(self.path))
+            except (OSError, sqlite3.DatabaseError) as again:
+                return self._in_memory(f"a new one cannot be created either ({again})")
+
+    def _move_aside(self) -> Path | None:
+        broken = self.path.with_name(self.path.name + ".broken")
+        try:
+            self.path.replace(broken)
+        except FileNotFoundError:
+            return None  # another process moved it already
+        for side in ("-wal", "-shm"):
+            self.path.with_name(self.path.name + side).unlink(missing_ok=True)
+        return broken
+
+    def _in_memory(self, why: str):
+        log.warning("the embedding cache %s is not usable: %s; using an in-memory cache for now", self.path, why)
+        return self._connect(":memory:")
+
+    def _failed(self, exc: Exception) -> None:
+        """A read or write failed mid-run (the file was damaged under us): carry on in memory."""
+        self._db = self._in_memory(str(exc))
 
     @staticmethod
     def key(model_id: str, text: str) -> str:
         return hashlib.sha256(f"{model_id}\x1f{text}".encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        import sqlite3
+
         out: dict[str, np.ndarray] = {}
         with self._lock:
-            for start in range(0, len(keys), 500):
-                part = keys[start:start + 500]
-                rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
-                out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+            try:
+                for start in range(0, len(keys), 500):
+                    part = keys[start:start + 500]
+                    rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+                    out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+            except sqlite3.DatabaseError as exc:
+                self._failed(exc)
+                return {}
         return out
 
     def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                                 [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+        import sqlite3
+
+        rows = [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items]
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+            except sqlite3.DatabaseError as exc:
+                self._failed(exc)
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+
+
+def _unwritable(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text or "disk i/o" in text
 
 
 class CachedEmbedder:

@@ -56,8 +56,46 @@ class IndexMissingError(RagError):
 
 
 class IndexCorruptError(RagError):
-    hint = ("Remove that folder and run `rag ingest` to rebuild it; the embedding cache beside it "
-            "is kept, so the rebuild is quick.")
+    """The index cannot be read. The fix never deletes anything: the damaged folder is kept."""
+
+    hint = ("Move the data folder aside (e.g. `mv DIR DIR.broken`, keeping it for recovery), then "
+            "run `rag ingest FILE...` to build a new index.")
+
+    @classmethod
+    def at(cls, data_dir, message: str) -> "IndexCorruptError":
+        return cls(message, f"Move the data folder aside, keeping it for recovery (`mv {data_dir} "
+                            f"{data_dir}.broken`), then run `rag ingest FILE...` to build a new index "
+                            f"(or point RAG_DATA_DIR at another folder).")
+
+
+class DataDirError(RagError):
+    """The data folder is not usable as such: a file, read-only, or cannot be created."""
+
+    hint = ("Fix the folder's permissions (e.g. `chmod u+rwx DIR`), or point RAG_DATA_DIR (or "
+            "--data-dir) at a folder you can write to.")
+
+    @classmethod
+    def from_os_error(cls, folder, exc: OSError) -> "DataDirError":
+        """What an OSError on the data folder means, with a fix that deletes nothing."""
+        import errno
+
+        other = ("Point RAG_DATA_DIR (or --data-dir) at a folder, or unset it for the default "
+                 "~/.local/share/paper-rag.")
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            return cls(f"the data folder {folder} is a file (or lies inside one), not a folder", other)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return cls(f"the data folder {folder} is read-only for this user ({exc.strerror})",
+                       f"Fix its permissions (e.g. `chmod -R u+rwX {folder}`), or copy it to a folder you "
+                       f"can write to and point RAG_DATA_DIR at the copy.")
+        if exc.errno == errno.ENOENT:
+            return cls(f"the data folder {folder} cannot be created ({exc.strerror})", other)
+        return cls(f"the data folder {folder} cannot be used ({exc.strerror or type(exc).__name__})")
+
+
+class IndexBusyError(RagError):
+    """Another process (or thread) is writing to the same index."""
+
+    hint = "Wait for it to finish, or rerun without --no-wait to wait for it."
 
 
 class IndexMismatchError(RagError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,6 +24,8 @@ from .settings import Settings
 from .store import PaperStore
 from .text import terms
 from .types import Context, Passage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,17 +100,23 @@ class LexicalIndex:
         import bm25s
 
         meta_path = folder / "bm25" / "lexical.json"
+        if not meta_path.exists():
+            return None
         try:
             meta = json.loads(meta_path.read_text())
             if meta["revision"] != revision:
-                return None
+                return None  # the index changed since: rebuilt below, as usual
             index = cls.__new__(cls)
-            index.ids = meta["ids"]
+            index.ids = list(meta["ids"])
             index.bm25 = bm25s.BM25.load(str(folder / "bm25"), mmap=False)
-            index._set_idf(meta["df"], len(index.ids))
+            index._set_idf(dict(meta["df"]), len(index.ids))
+            if len(index.ids) != index.bm25.scores["num_docs"]:
+                raise ValueError(f"{len(index.ids)} ids for {index.bm25.scores['num_docs']} documents")
             return index
-        except (OSError, ValueError, KeyError):
-            return None  # missing or damaged: rebuild from the store
+        except Exception as exc:  # noqa: BLE001 - a cache: whatever is wrong with it, rebuild it
+            log.warning("the lexical (BM25) cache in %s was damaged (%s: %s); rebuilding it from the index",
+                        folder / "bm25", type(exc).__name__, str(exc)[:120])
+            return None
 
     def term_idf(self, term: str) -> float:
         return self.idf.get(term, self.oov_idf)
@@ -127,8 +136,13 @@ class _TokenCache:
         self.entries: dict[str, list] = {}
         if path is not None and path.exists():
             try:
-                self.entries = json.loads(path.read_text())
-            except ValueError:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict):
+                    raise ValueError(f"a JSON {type(data).__name__}, not an object")
+                self.entries = {k: v for k, v in data.items()
+                                if isinstance(v, list) and len(v) == 2 and isinstance(v[1], list)}
+            except (OSError, ValueError) as exc:
+                log.warning("the token cache %s was damaged (%s); rebuilding it", path, str(exc)[:120])
                 self.entries = {}
 
     def tokens(self, pid: str, text: str) -> list[str]:
@@ -170,6 +184,7 @@ class Retriever:
         k = k or s.k
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        self.store.sync()  # another process may have written since the last question
         qvec = self.store.embedder.embed_one(question)
         t1 = time.perf_counter()
         timings["embed_ms"] = (t1 - t0) * 1000

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+import annotated_types
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "paper-rag"
 
@@ -94,6 +99,43 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Any) -> Any:
+        # Path("") is ".": an empty variable would silently put the index in the current folder.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (unset it for the default ~/.local/share/paper-rag)")
+        return value
+
+    @field_validator("data_dir", "local_model_path")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlparse
+
+        url = urlparse(value)
+        try:
+            url.port  # noqa: B018 - raises ValueError on a port that is not a number 0..65535
+        except ValueError:
+            raise ValueError("must be an http(s)://host:port URL with a port from 0 to 65535") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http(s)://host:port URL, e.g. http://localhost:8000")
+        return value
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        # Chroma's own rule, for '<name>_chunks' and '<name>_papers'.
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,60}[A-Za-z0-9])?", value) or ".." in value:
+            raise ValueError("must be 1-62 letters, digits, '.', '_' or '-', starting and ending with a letter or digit")
+        return value
+
     def resolved_mode(self) -> Literal["extractive", "openai", "local"]:
         if self.mode != "auto":
             return self.mode
@@ -115,21 +157,82 @@ class Settings(BaseSettings):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def load_settings(**overrides) -> Settings:
-    """Settings from the environment (plus overrides); a bad value becomes a ConfigError that
-    names the variable and what it accepts, instead of a pydantic traceback."""
-    from pydantic import ValidationError
+# --- turning bad values into one clear line each ------------------------------------------------
 
-    from .errors import ConfigError
+# CLI flags whose name is not '--' + the field name with dashes.
+FLAG_NAMES = {"ui_port": "--port", "ui_host": "--host"}
 
+
+def env_name(field_name: str) -> str:
+    """The environment variable a field is read from (the one that is set, for aliases)."""
+    info = Settings.model_fields[field_name]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        names = [str(c) for c in alias.choices]
+        return next((n for n in names if n in os.environ), names[0])
+    return "RAG_" + field_name.upper()
+
+
+def allowed_values(field_name: str) -> str:
+    """What a field accepts, from its own type and constraints: 'a whole number from 1 to 50'."""
+    info = Settings.model_fields[field_name]
+    ann = info.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is typing.Union and len(args) == 1:
+        ann = args[0]
+    if typing.get_origin(ann) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(ann))
+    kind = {int: "a whole number", float: "a number", Path: "a path", bool: "true or false"}.get(ann, "text")
+    low = high = None
+    low_strict = high_strict = False
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            low = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            low, low_strict = m.gt, True
+        elif isinstance(m, annotated_types.Le):
+            high = m.le
+        elif isinstance(m, annotated_types.Lt):
+            high, high_strict = m.lt, True
+    if low is not None and high is not None and not (low_strict or high_strict):
+        return f"{kind} from {low:g} to {high:g}"
+    parts = [kind]
+    if low is not None:
+        parts.append(f"{'above' if low_strict else 'at least'} {low:g}")
+    if high is not None:
+        parts.append(f"{'below' if high_strict else 'at most'} {high:g}")
+    return " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def describe_validation_error(exc: ValidationError, overrides: dict[str, Any] | None = None) -> str:
+    """One line per bad value, naming the variable (or CLI flag), the value and what is allowed."""
+    overrides = overrides or {}
+    lines = []
+    for err in exc.errors():
+        loc = str(err["loc"][0]) if err.get("loc") else ""
+        name = next((f for f, i in Settings.model_fields.items()
+                     if f == loc or (isinstance(i.validation_alias, AliasChoices)
+                                     and loc in i.validation_alias.choices)), None)
+        if name is None:
+            lines.append(f"{loc}: {err['msg']}")
+            continue
+        where = FLAG_NAMES.get(name, "--" + name.replace("_", "-")) if name in overrides else env_name(name)
+        value = err.get("input")
+        shown = "***" if name in ("openai_api_key", "ui_auth", "api_key") else value
+        if err["type"] == "value_error":
+            why = str(err.get("ctx", {}).get("error") or err["msg"]).removeprefix("Value error, ")
+        else:
+            why = "must be " + allowed_values(name)
+        lines.append(f"{where}={shown!r}: {why}" if isinstance(shown, str) else f"{where}={shown}: {why}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from RAG_* variables plus explicit overrides (CLI flags); a bad value is a
+    ConfigError with one line per value, never a pydantic dump."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err.get("loc") else "?"
-            var = name.upper() if name.upper().startswith(("RAG_", "OPENAI_")) else f"RAG_{name.upper()}"
-            secret = any(word in name.lower() for word in ("key", "auth"))
-            shown = "" if secret or "input" not in err else f"={err['input']!r}"
-            problems.append(f"{var}{shown}: {err['msg']}")
-        raise ConfigError("invalid setting: " + "; ".join(problems)) from None
+        raise ConfigError(describe_validation_error(exc, overrides),
+                          "Fix the value (every setting is described in README, 'Configuration'), "
+                          "or unset the variable to use its default.") from None

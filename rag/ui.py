@@ -14,6 +14,7 @@ the HTTP API; it is re-exported here.
 
 from __future__ import annotations
 
+import errno
 import html
 import logging
 import os
@@ -518,9 +519,17 @@ def create_app(assistant) -> gr.Blocks:
                    f'Upload {esc(", ".join(UPLOAD_TYPES))}.</strong></p></div>')
             return msg, *search(query)
         before = assistant.count()
+
+        def waiting(message: str) -> None:  # another ingest (CLI or another upload) holds the index
+            try:
+                progress(0, desc=message)
+            except Exception:  # noqa: BLE001 - progress is cosmetic
+                pass
+
         try:
             report, result = assistant.ingest(
-                [path], progress=lambda total=0, desc="", unit="": _Progress(progress, total, desc, unit))
+                [path], progress=lambda total=0, desc="", unit="": _Progress(progress, total, desc, unit),
+                on_wait=waiting)
         except CorpusErrors as exc:
             return _upload_errors_html(exc.errors, name), *search(query)
         except CorpusError as exc:
@@ -530,9 +539,17 @@ def create_app(assistant) -> gr.Blocks:
                     f'<p>{esc(exc.hint)}</p></div>'), *search(query)
         after = assistant.count()
         dup = f"; {len(result.duplicates)} duplicate(s) in the file skipped" if result.duplicates else ""
+        if report.duplicates:
+            dup += f"; {len(report.duplicates)} already indexed (stored once)"
         msg = (f'<div class="rag-ok"><p><strong>{esc(name)}: {len(report.added)} paper(s) added, '
                f'{len(report.updated)} updated, {report.unchanged} unchanged{esc(dup)}.</strong> '
                f'The index now holds {after} papers (was {before}).</p></div>')
+        if report.conflicts:
+            items = "".join(f"<li>{esc(issue.describe())}</li>" for issue in report.conflicts[:50])
+            msg += (f'<div class="rag-errors"><p><strong>{len(report.conflicts)} paper(s) not added: their id '
+                    f'belongs to another indexed paper, which was kept.</strong></p><ul>{items}</ul>'
+                    f'<p>Give them ids of their own (or none: one is made from the title), or replace the '
+                    f'indexed papers with <code>rag ingest --replace FILE</code>.</p></div>')
         return msg, *search(query)
 
     # --- the API: same JSON as `rag ask --json` -----------------------------------------------
@@ -668,7 +685,33 @@ def launch(assistant, host: str | None = None, port: int | None = None, share: b
     port = settings.ui_port if port is None else port
     auth = _parse_auth(settings.ui_auth)
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
-        log.warning("the UI is bound to %s without a login; set RAG_UI_AUTH=user:password", host)
-        print(f"warning: serving on {host} without a login (set RAG_UI_AUTH=user:password to require one)")
+        log.warning("serving on %s without a login (set RAG_UI_AUTH=user:password to require one)", host)
+    port = check_port(host, port)
     demo = create_app(assistant)
     return demo.launch(server_name=host, server_port=port or None, share=share)
+
+
+def check_port(host: str, port: int) -> int:
+    """A busy port or an address this machine cannot bind is a ConfigError naming both,
+    before Gradio (which would retry, then raise a bare OSError)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"cannot serve on host '{host}': the address cannot be resolved ({exc})",
+                          "Pass a local address with --host or RAG_UI_HOST, e.g. 127.0.0.1 (this machine only) "
+                          "or 0.0.0.0 (every interface).") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use",
+                                  f"Stop the program using it, or choose another port with --port N or "
+                                  f"RAG_UI_PORT=N (0 = any free port).") from None
+            raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc})",
+                              "Choose another address or port with --host/--port (RAG_UI_HOST/RAG_UI_PORT).") from None
+    return port

@@ -178,3 +178,37 @@ def serve_api(assistant, log_level: str = "warning"):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+# --- synthetic corpora for concurrency tests ----------------------------------------------
+
+_SYLLABLES = ["ka", "zo", "ri", "mu", "te", "vo", "la", "shi", "pen", "dra", "qui", "lo", "bex", "nor", "fia",
+              "gul", "tam", "wes", "yor", "ump"]
+_TASKS = ["face parsing", "gait recognition", "crowd counting", "pose transfer", "iris matching", "lip reading",
+          "age estimation", "hand tracking"]
+
+
+def synthetic_papers(n: int, tag: str, seed: int) -> list[dict]:
+    """n short, distinct papers without ids (one or two short sentences each, so embedding
+    is cheap); two made-up words name each method, so its title finds it."""
+    import random
+
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[dict] = []
+    while len(out) < n:
+        a = "".join(rng.choice(_SYLLABLES) for _ in range(3))
+        b = "".join(rng.choice(_SYLLABLES) for _ in range(3))
+        if a in seen or b in seen or a == b:
+            continue
+        seen.update((a, b))
+        i, task = len(out), rng.choice(_TASKS)
+        out.append({"title": f"{a.capitalize()} {b.capitalize()} {tag}{i} for {task}",
+                    "abstract": f"We present {a} {b}, a small model for {task}. "
+                                f"It scores {rng.randint(50, 99)}.{rng.randint(0, 9)} on {tag}-bench {i}."})
+    return out
+
+
+def write_jsonl_rows(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -164,3 +164,101 @@ def test_best_snippet_falls_back_to_abstract_and_to_score():
     ctx = _ctx(1, "p", "T", [("alpha beta", 0.1), ("gamma delta", 0.9)])
     assert best_snippet(ctx, "nothing in common") == "gamma delta"  # tie on overlap -> higher score
     assert best_snippet(ctx, "alpha is here") == "alpha beta"
+
+
+# --- marker-like text in sources never becomes a citation -------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Sparse Attention Revisited [2]", "Sparse Attention Revisited (2)"),
+    ("as shown in [Source 3].", "as shown in (Source 3)."),
+    ("see [1, 3] and [ 2 ]", "see (1, 3) and (2)"),
+    ("ranges [4-5] and [4\u20135]", "ranges (4-5) and (4\u20135)"),
+    ("[sources 1, 4]", "(sources 1, 4)"),
+    ("nested [7[9]]", "nested [7(9)]"),
+    ("not markers: [a], [1234], [x1]", "not markers: [a], [1234], [x1]"),
+])
+def test_defuse_markers(text, expected):
+    from rag.citations import defuse_markers
+
+    out = defuse_markers(text)
+    assert out == expected
+    assert markers_in(out) == [] and check_markers(out, 99).cited == []
+
+
+BRACKET_PAPERS = [
+    {"id": "sparse-revisited", "title": "Sparse Attention Revisited [2]",
+     "abstract": "Sparse attention for face detection keeps 40% of the tokens [1]. We revisit sparse attention "
+                 "for face detection and find it matches dense attention [Source 3]."},
+    {"id": "quokka-smiles", "title": "Quokka Smile Detection [Source 4]",
+     "abstract": "Quokka smile detection reaches 91% accuracy [ 2 ]. As shown in [1, 3], quokka smiles are "
+                 "detected with a two-stage network."},
+]
+
+
+@pytest.fixture
+def bracket_index(index_copy):
+    from rag import Assistant, Settings
+    from rag.types import Paper
+
+    a = Assistant(Settings(data_dir=index_copy, mode="extractive"))
+    a.ingest(papers=[Paper(**p) for p in BRACKET_PAPERS])
+    return index_copy
+
+
+@pytest.mark.parametrize("question, paper_id", [
+    ("Which paper revisits sparse attention for face detection?", "sparse-revisited"),
+    ("How accurate is quokka smile detection?", "quokka-smiles"),
+])
+def test_brackets_in_titles_and_abstracts_are_not_citations_extractive(bracket_index, question, paper_id):
+    from rag import Assistant, Settings
+
+    answer = Assistant(Settings(data_dir=bracket_index, mode="extractive")).ask(question)
+    assert not answer.abstained
+    assert [c.paper_id for c in answer.citations] == [paper_id], answer.text
+    cited = {c.n for c in answer.citations}
+    assert set(markers_in(answer.text)) == cited, answer.text  # no marker points at an unquoted paper
+    assert answer.invalid_citations == 0
+    original = next(p for p in BRACKET_PAPERS if p["id"] == paper_id)
+    assert answer.citations[0].title == original["title"]  # the sources panel shows the real title
+    assert original["title"].replace("[", "(").replace("]", ")") in answer.text
+
+
+def test_brackets_in_sources_do_not_reach_the_llm_as_markers(bracket_index):
+    """openai mode: the prompt's sources carry no marker-like text, so a model quoting a source
+    verbatim cites only the source it quotes."""
+    from rag import Assistant, Settings
+
+    from openai_server import OpenAIServer
+
+    prompts: list[str] = []
+
+    def quote_first_source(messages):
+        user = messages[-1]["content"]
+        prompts.append(user)
+        start = user.index(">", user.index("<source ")) + 1
+        return user[start:user.index("</source>")].strip() + " [1]"  # the first source, verbatim
+
+    with OpenAIServer(quote_first_source) as srv:
+        a = Assistant(Settings(data_dir=bracket_index, openai_base_url=srv.base_url, openai_api_key="sk-test",
+                               max_retries=0, request_timeout=20))
+        answer = a.ask("Which paper revisits sparse attention for face detection?", paper_ids=["sparse-revisited",
+                                                                                               "quokka-smiles"])
+    [user] = prompts
+    sources = user[user.index("<source "):user.rindex("</source>")]
+    assert "(2)" in sources and "(Source 3)" in sources
+    assert markers_in(sources) == [] and "[2]" not in sources
+    assert [c.n for c in answer.citations] == [1] and answer.invalid_citations == 0, answer.text
+    assert answer.citations[0].title == answer.contexts[0].title  # original text kept in the Context
+
+
+def test_format_sources_defuses_titles_evidence_and_abstracts():
+    """The same function builds the local mode's evidence block."""
+    from rag.generation import format_sources
+
+    ctx = Context(n=1, paper_id="p", title="Attention [2]", abstract="Full abstract [Source 3].", score=1.0,
+                  url=None, code_urls=(), dense=0.9, lexical=1.0, passages=[])
+    for text in (format_sources([ctx]), format_sources([ctx], {1: "Evidence sentence [1, 3]."})):
+        assert markers_in(text) == [], text
+    assert 'title="Attention (2)"' in format_sources([ctx])
+    assert "Evidence sentence (1, 3)." in format_sources([ctx], {1: "Evidence sentence [1, 3]."})

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 RAG = [sys.executable, "-m", "rag.cli"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(args, data_dir: Path, **env):
@@ -92,10 +95,170 @@ def test_ingest_user_corpus_then_ask(index_copy, tmp_path):
     again = run(["ingest", str(csv_file)], index_copy)
     assert "0 added" in again.stdout and "1 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
     ans = json.loads(run(["ask", "--json", "How accurate is the zebra stripe counting network?"], index_copy).stdout)
-    assert ans["citations"] and ans["citations"][0]["paper_id"] == "zebra-stripe-counting", ans
+    from rag.corpus import generated_id
+
+    assert ans["citations"] and ans["citations"][0]["paper_id"] == generated_id("Zebra Stripe Counting"), ans
     assert "97.5%" in ans["answer"]
 
 
 def test_openai_mode_without_configuration_explains(index_copy):
     out = run(["ask", "--mode", "openai", "Which paper clusters faces?"], index_copy)
     assert out.returncode == 2 and "OPENAI_API_KEY" in out.stderr
+
+
+# --- every bad setting, flag or file: one clear error, never a traceback ------------------------------
+
+def _fifo(tmp):
+    os.mkfifo(tmp / "papers.jsonl")
+    return str(tmp / "papers.jsonl")
+
+
+def _loop(tmp):
+    (tmp / "a.jsonl").symlink_to(tmp / "b.jsonl")
+    (tmp / "b.jsonl").symlink_to(tmp / "a.jsonl")
+    return str(tmp / "a.jsonl")
+
+
+def _a_file(tmp):
+    (tmp / "file").write_text("x")
+    return str(tmp / "file")
+
+
+def _one_paper(tmp):
+    (tmp / "one.jsonl").write_text('{"title": "Zebra Gaits", "abstract": "We study zebra gaits."}\n')
+    return str(tmp / "one.jsonl")
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
+
+
+Q = "What accuracy does FaceNet reach on LFW?"
+BAD = [
+    # (environment, argv, what the error must name)
+    ({"RAG_K": "abc"}, ["ask", Q], "RAG_K='abc'"),
+    ({"RAG_K": "0"}, ["ask", Q], "RAG_K='0'"),
+    ({"RAG_K": "-1"}, ["ask", Q], "RAG_K='-1'"),
+    ({"RAG_K": "100000"}, ["ask", Q], "from 1 to 50"),
+    ({"RAG_MODE": "bogus"}, ["ask", Q], "RAG_MODE='bogus': must be one of auto, extractive, openai, local"),
+    ({"RAG_EMBEDDINGS": "bogus"}, ["ask", Q], "RAG_EMBEDDINGS"),
+    ({"RAG_TEMPERATURE": "hot"}, ["ask", Q], "RAG_TEMPERATURE"),
+    ({"RAG_FETCH_K": "1"}, ["ask", Q], "RAG_FETCH_K"),
+    ({"RAG_DATA_DIR": ""}, ["ask", Q], "RAG_DATA_DIR='': must not be empty"),
+    ({"RAG_CHROMA_URL": "ftp://nowhere"}, ["ask", Q], "RAG_CHROMA_URL"),
+    ({"RAG_COLLECTION": "bad name!"}, ["ask", Q], "RAG_COLLECTION"),
+    ({"RAG_UI_PORT": "99999"}, ["serve"], "RAG_UI_PORT='99999'"),
+    ({"RAG_UI_PORT": "abc"}, ["serve"], "RAG_UI_PORT"),
+    ({"RAG_MAX_UPLOAD_MB": "0"}, ["serve"], "RAG_MAX_UPLOAD_MB"),
+    ({"RAG_TIKTOKEN_ENCODING": "nope"}, ["ingest", _one_paper], "RAG_TIKTOKEN_ENCODING='nope'"),
+    ({}, ["ask", "--k", "-1", Q], "argument --k"),
+    ({}, ["ask", "--k", "0", Q], "argument --k"),  # used to mean "the default"
+    ({}, ["ask", "--k", "100000", Q], "argument --k"),
+    ({}, ["ask", "--k", "abc", Q], "argument --k"),
+    ({}, ["serve", "--port", "99999"], "argument --port"),
+    ({}, ["serve", "--port", "-1"], "argument --port"),
+    ({}, ["eval", "--concurrency", "0"], "argument --concurrency"),
+    ({}, ["--data-dir", "", "ask", Q], "argument --data-dir"),
+    ({}, ["--data-dir", _a_file, "ask", Q], "is a file"),
+    ({"RAG_DATA_DIR": "/proc/paper-rag-test"}, ["ask", Q], "cannot be created"),
+    ({}, ["ingest", _fifo], "is a FIFO"),
+    ({}, ["ingest", "/dev/zero"], "is a character device"),
+    ({}, ["ingest", _loop], "symlink loop"),
+    ({}, ["serve", "--host", "256.1.1.1"], "cannot serve on host '256.1.1.1'"),
+]
+
+
+@pytest.mark.parametrize("env, argv, named", BAD, ids=[" ".join(str(a) if isinstance(a, str) else a.__name__
+                                                               for a in argv) + " " + " ".join(f"{k}={v}" for k, v in e.items())
+                                                      for e, argv, _ in BAD])
+def test_bad_settings_flags_and_files_are_one_clear_error(tmp_path, env, argv, named):
+    argv = [a(tmp_path) if callable(a) else a for a in argv]
+    full = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data"), **env}
+    out = subprocess.run(RAG + argv, capture_output=True, text=True, env=full, timeout=120, cwd=tmp_path,
+                         preexec_fn=_cap_memory)  # a runaway read of /dev/zero must not take the machine
+    assert out.returncode != 0, out.stdout
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert named in out.stderr, out.stderr
+    assert "error" in out.stderr.splitlines()[-1] or "hint:" in out.stderr.splitlines()[-1], out.stderr
+    assert "pydantic" not in out.stderr
+    assert not (tmp_path / "chroma").exists()  # nothing was built in the current folder
+
+
+def test_a_busy_port_is_a_clear_error(index_copy):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        out = run(["serve", "--port", str(port)], index_copy)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"error: port {port} on 127.0.0.1 is already in use" in out.stderr
+    assert "--port" in out.stderr and "RAG_UI_PORT" in out.stderr
+
+
+def test_ingest_with_id_conflicts_keeps_the_indexed_papers_and_exits_1(index_copy, tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,title,abstract\n1,Quokka Gaits,We study quokka gaits.\n2,Wombat Burrows,We map wombat burrows.\n")
+    b.write_text("id,title,abstract\n1,Echidna Spines,We count echidna spines.\n3,Platypus Bills,We model platypus bills.\n")
+    assert run(["ingest", str(a)], index_copy).returncode == 0
+    out = run(["ingest", str(b)], index_copy)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "conflict: id '1' is already used by 'Quokka Gaits'; 'Echidna Spines' was not indexed" in out.stderr
+    assert "--replace" in out.stderr and "1 added" in out.stdout
+    listing = run(["papers", "--json"], index_copy)
+    titles = {p["id"]: p["title"] for p in json.loads(listing.stdout)}
+    assert titles["1"] == "Quokka Gaits" and titles["3"] == "Platypus Bills" and len(titles) == 122
+    replaced = run(["ingest", "--replace", str(b)], index_copy)
+    assert replaced.returncode == 0 and "1 updated" in replaced.stdout
+
+
+def test_duplicates_of_indexed_papers_are_reported_and_stored_once(index_copy, tmp_path):
+    rows = [json.loads(line) for line in (ROOT / "rag" / "data" / "corpus.jsonl").read_text().splitlines()[:2]]
+    for r in rows:
+        r.pop("id")
+    f = tmp_path / "copies.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run(["ingest", str(f)], index_copy)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("duplicate: ") == 2 and "stored once" in out.stderr
+    assert "0 added" in out.stdout and "(119 papers)" in out.stdout
+
+
+def test_a_damaged_index_is_reported_not_rebuilt(index_copy):
+    db = index_copy / "chroma" / "chroma.sqlite3"
+    db.write_bytes(b"")
+    out = run(["ask", Q], index_copy)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "is empty (0 bytes)" in out.stderr and f"mv {index_copy} {index_copy}.broken" in out.stderr
+    assert db.stat().st_size == 0  # the bundled corpus was not indexed over it
+    assert json.loads((index_copy / "paper-rag.json").read_text())["papers"] == 119
+
+
+def test_cache_warnings_are_one_line(index_copy):
+    cache = index_copy / "cache" / "embeddings.sqlite"
+    for side in ("-wal", "-shm"):
+        cache.with_name(cache.name + side).unlink(missing_ok=True)
+    cache.write_bytes(b"garbage " * 100)
+    out = run(["ask", Q], index_copy)
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    warnings = [ln for ln in out.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and "embedding cache" in warnings[0] and "damaged" in warnings[0]
+
+
+def test_an_unexpected_error_is_one_line_unless_rag_debug(monkeypatch, capsys):
+    import rag.cli as cli
+
+    def boom(args):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(cli, "cmd_papers", boom)
+    assert cli.main(["papers"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: unexpected RuntimeError: something nobody foresaw"
+    assert "RAG_DEBUG=1" in err and "Traceback" not in err
+    monkeypatch.setenv("RAG_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["papers"])

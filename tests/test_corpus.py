@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import SEED_FILE
-from rag.corpus import (bundled_corpus_path, find_urls, load_bundled, load_corpus, slugify,
-                        write_jsonl)
+from rag.corpus import bundled_corpus_path, find_urls, load_bundled, load_corpus, slugify, write_jsonl
 from rag.errors import CorpusError, CorpusErrors
 
 FIRST_TITLE = ("Learning Multi-dimensional Edge Feature-based AU Relation Graph "
@@ -53,7 +53,9 @@ def _assert_located(err: CorpusError, path: Path, line: int | None, field: str |
 def seed_result():
     if not SEED_FILE.is_file():
         pytest.skip(f"seed file not available at {SEED_FILE}")
-    return load_corpus([SEED_FILE])
+    # The bundled corpus was converted with plain slug ids (`make corpus` still is), which
+    # eval/*.jsonl refer to; user files get hashed ids (test_generated_ids_carry_a_title_hash).
+    return load_corpus([SEED_FILE], id_scheme="slug")
 
 
 def test_seed_file_parses_to_119_papers(seed_result):
@@ -92,8 +94,28 @@ def test_ids_unique_and_stable_slugs(seed_result):
     for p in papers:
         assert p.id == slugify(p.title)  # no collisions in the seed, so every id is the plain slug
         assert len(p.id) <= 48
-    again = load_corpus([SEED_FILE]).papers
+    again = load_corpus([SEED_FILE], id_scheme="slug").papers
     assert [p.id for p in again] == ids
+
+
+def test_generated_ids_carry_a_title_hash(seed_result):
+    """Without an id, a paper's id is a <=40-character slug plus a hash of its normalised
+    title: the same title in any case or punctuation gets the same id, and two titles that
+    share their first words (the bundled FaceNet's 48-character slug) never share one."""
+    from rag.corpus import generated_id
+
+    hashed = load_corpus([SEED_FILE]).papers
+    assert [p.title for p in hashed] == [p.title for p in seed_result.papers]
+    for p in hashed:
+        slug, _, digest = p.id.rpartition("-")
+        assert len(slug) <= 40 and re.fullmatch(r"[0-9a-f]{8}", digest), p.id
+        assert p.id == generated_id(p.title)
+    assert generated_id("FaceNet: A Unified Embedding") == generated_id("facenet -- a unified EMBEDDING!")
+    facenet = "FaceNet: A Unified Embedding for Face Recognition and Clustering"
+    lookalike = "FaceNet: A Unified Embedding for Face Recognition and Verification at Web Scale"
+    assert slugify(facenet) == slugify(lookalike)  # the old ids collided
+    assert generated_id(facenet) != generated_id(lookalike)
+    assert not set(p.id for p in hashed) & set(p.id for p in load_bundled())  # no generated id is a bundled id
 
 
 def test_seed_format_header_and_subscribe_prefix(tmp_path):
@@ -141,7 +163,9 @@ def test_jsonl_loader_fields_and_metadata(tmp_path):
     assert p1.authors == ("Ann Lee", "Bo Chen")
     assert p1.year == 2021
     assert p1.metadata == {"venue": "CVPR", "tags": ["graphs", "faces"]}
-    assert p2.id == "second-paper"
+    from rag.corpus import generated_id
+
+    assert p2.id == generated_id(p2.title) and p2.id.startswith("second-paper-")
     assert p2.authors == ("Ann Lee", "Bo Chen", "Cy Dao")
     assert p2.year == 2019
     assert p2.url is None and p2.metadata == {}
@@ -341,15 +365,21 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
 
 
 def test_auto_ids_do_not_collide(tmp_path):
+    from rag.corpus import generated_id
+
     long_a = "A Very Long Title About Graph Neural Networks For Faces Version One"
     long_b = "A Very Long Title About Graph Neural Networks For Faces Version Two"
-    assert slugify(long_a) == slugify(long_b)  # truncation makes the slugs equal
+    assert slugify(long_a) == slugify(long_b)  # truncation makes the slugs equal...
     path = _jsonl(tmp_path / "c.jsonl", [{"title": long_a, "abstract": "one."},
-                                          {"title": long_b, "abstract": "two."}])
+                                          {"title": long_b, "abstract": "two."},
+                                          # ...and an explicit id may even equal a generated one
+                                          {"id": generated_id("Third"), "title": "Other", "abstract": "x."},
+                                          {"title": "Third", "abstract": "three."}])
     result = load_corpus([path])
     assert result.errors == []
     ids = [p.id for p in result.papers]
-    assert ids == [slugify(long_a), slugify(long_a) + "-2"]
+    assert ids[0] != ids[1] and ids[0] == generated_id(long_a) and ids[1] == generated_id(long_b)
+    assert ids[2:] == [generated_id("Third"), generated_id("Third") + "-2"]  # the explicit id keeps its paper
     assert [p.id for p in load_corpus([path]).papers] == ids
 
 
@@ -386,3 +416,100 @@ def test_code_urls_on_bundled_corpus():
         for u in p.code_urls:
             assert not u.endswith((".", ",", ";", ":", "}")), u
             assert "{" not in u
+
+
+# --- what the file is, checked before it is read ---------------------------------------------------
+
+def _one_error(path) -> CorpusError:
+    result = load_corpus([path])
+    assert len(result.errors) == 1 and not result.papers, [str(e) for e in result.errors]
+    return result.errors[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "papers.jsonl"
+    os.mkfifo(fifo)
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(_one_error(fifo)), daemon=True)
+    t.start()
+    t.join(10)
+    assert box, "loading a FIFO blocked"  # opening it for reading would wait for a writer forever
+    assert "is a FIFO (named pipe), not a regular file" in box[0].message and box[0].hint
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_device_is_refused_before_reading(device):
+    """In a child process with a memory cap: reading /dev/zero whole would take all memory."""
+    import subprocess
+    import sys
+
+    if not Path(device).exists():
+        pytest.skip(f"{device} missing")
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))\n"
+            "from rag.corpus import load_corpus\n"
+            "print('|'.join(e.message for e in load_corpus([sys.argv[1]]).errors))\n")
+    out = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == f"{device}: is a character device, not a regular file"
+
+
+def test_a_socket_is_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "s.jsonl"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        assert "is a socket" in _one_error(path).message
+
+
+def test_a_symlink_loop_and_a_broken_link_are_named(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    err = _one_error(a)
+    assert "symlink loop" in err.message and "real file" in err.hint
+    dangling = tmp_path / "d.jsonl"
+    dangling.symlink_to(tmp_path / "missing.jsonl")
+    assert "a symlink to a missing file" in _one_error(dangling).message
+
+
+def test_an_unreadable_file_is_a_located_error(tmp_path):
+    """chmod 000 stops everyone but root; CI runs as root, where a write-only /proc/sys file
+    gives a real EACCES on read, through the same code path (stat passes, open fails)."""
+    import os
+
+    path = tmp_path / "secret.jsonl"
+    path.write_text('{"title": "T", "abstract": "A."}\n')
+    path.chmod(0)
+    if os.geteuid() == 0:
+        path = Path("/proc/sys/vm/compact_memory")
+        try:
+            path.read_bytes()
+            pytest.skip("no file here that root cannot read")
+        except PermissionError:
+            pass
+        except OSError:
+            pytest.skip("no write-only /proc/sys file here")
+    err = _one_error(path)
+    assert "permission denied" in err.message and "chmod u+r" in err.hint
+
+
+def test_an_absurdly_large_file_is_refused_before_reading(tmp_path):
+    from rag.corpus import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk, no memory
+    err = _one_error(path)
+    assert "the limit is 1 GB" in err.message and "Split" in err.hint
+
+
+def test_a_file_without_papers_is_an_error(tmp_path):
+    for name, text in (("empty.jsonl", ""), ("blank.csv", "title,abstract\n"), ("list.json", "[]"),
+                       ("spaces.txt", "\n \n")):
+        err = _one_error(_write(tmp_path / name, text))
+        assert "no papers found in this file" in err.message, name

@@ -363,3 +363,253 @@ def test_unreachable_chroma_server_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot reach the Chroma server"):
         PaperStore(Settings(data_dir=tmp_path, chroma_url="http://127.0.0.1:9"))
+
+
+# --- ids that cannot capture another paper ----------------------------------------------------------
+
+def _paper(pid: str, title: str, abstract: str) -> Paper:
+    return Paper(id=pid, title=title, abstract=abstract)
+
+
+def test_same_id_with_another_title_is_a_conflict_not_a_replacement(settings, corpus):
+    store = PaperStore(settings)
+    store.ingest(corpus[:3])
+    target = corpus[1]
+    intruder = _paper(target.id, "Quokka Face Maps", "We map quokka faces with a tiny network.")
+    report = store.ingest([intruder, _paper("fresh-one", "Wombat Gaits", "We study wombat gaits.")])
+    assert [c.paper_id for c in report.conflicts] == [target.id]
+    assert report.conflicts[0].indexed_title == target.title
+    assert "--replace" in report.conflicts[0].describe()
+    assert report.added == ["fresh-one"] and report.updated == []  # the rest is ingested
+    assert store.all_papers()[target.id].title == target.title  # nothing replaced
+    # with replace=True the user asked for it
+    report = store.ingest([intruder], replace=True)
+    assert report.updated == [target.id] and not report.conflicts
+    assert store.all_papers()[target.id].title == "Quokka Face Maps"
+    _assert_consistent(store)
+
+
+def test_two_files_numbering_ids_from_one_do_not_overwrite_each_other(settings):
+    from rag.corpus import load_corpus
+
+    store = PaperStore(settings)
+    first = [_paper("1", "Quokka Gaits", "We study quokka gaits."), _paper("2", "Wombat Burrows", "We map burrows.")]
+    store.ingest(first)
+    second = [_paper("1", "Echidna Spines", "We count echidna spines."),
+              _paper("3", "Platypus Bills", "We model platypus bills.")]
+    report = store.ingest(second)
+    assert [c.paper_id for c in report.conflicts] == ["1"]
+    assert report.added == ["3"]
+    assert store.all_papers()["1"].title == "Quokka Gaits"
+    assert load_corpus  # (the loader keeps explicit ids; the store is where they meet)
+
+
+def test_a_title_slug_collision_adds_a_paper_instead_of_replacing(settings, corpus, tmp_path):
+    """The issue's FaceNet case: another title whose 48-character slug is an indexed id."""
+    from rag.corpus import load_corpus
+
+    store = PaperStore(settings)
+    facenet = next(p for p in corpus if p.id == "facenet-a-unified-embedding-for-face-recognition")
+    store.ingest([facenet])
+    f = tmp_path / "f.jsonl"
+    f.write_text(json.dumps({"title": "FaceNet: A Unified Embedding for Face Recognition and Verification at Web Scale",
+                             "abstract": "We present a face recognition system."}) + "\n")
+    report = store.ingest(load_corpus([f]).papers)
+    assert len(report.added) == 1 and report.updated == [] and not report.conflicts
+    assert store.all_papers()[facenet.id].abstract == facenet.abstract
+
+
+def test_duplicates_of_indexed_papers_are_stored_once(settings, corpus):
+    store = PaperStore(settings)
+    store.ingest(corpus[:4])
+    p = corpus[2]
+    same_title = _paper("other-id", p.title.upper().replace(" ", "  ") + "!", "A new abstract.")
+    same_abstract = _paper("other-id-2", "A Renamed Copy", "  " + p.abstract.lower() + " ")
+    exact_copy_without_id = _paper("generated-id", p.title, p.abstract)
+    report = store.ingest([same_title, same_abstract, exact_copy_without_id])
+    assert [d.paper_id for d in report.duplicates] == ["other-id", "other-id-2", "generated-id"]
+    assert {d.indexed_id for d in report.duplicates} == {p.id}
+    assert report.added == [] and store.count() == 4
+
+
+def test_duplicates_within_one_batch_and_repeated_ids(settings):
+    store = PaperStore(settings)
+    report = store.ingest([_paper("a", "Quokka Gaits", "One."), _paper("b", "quokka gaits", "Two."),
+                           _paper("a", "Quokka Gaits", "One, again.")])
+    assert report.added == ["a"] and [d.paper_id for d in report.duplicates] == ["b", "a"]
+    _assert_consistent(store)
+
+
+def test_a_corrected_abstract_of_an_id_less_paper_updates_it(settings, tmp_path):
+    from rag.corpus import load_corpus
+
+    store = PaperStore(settings)
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"title": "Quokka Gait Analysis", "abstract": "We study quokka gaits."}) + "\n")
+    store.ingest(load_corpus([f]).papers)
+    f.write_text(json.dumps({"title": "Quokka gait analysis", "abstract": "We study quokka gaits at 30 fps."}) + "\n")
+    report = store.ingest(load_corpus([f]).papers)
+    assert len(report.updated) == 1 and not report.duplicates and store.count() == 1
+
+
+def test_records_of_older_indexes_get_their_keys_computed(settings, corpus):
+    """Indexes built before title_key/abstract_key existed still catch duplicates."""
+    store = PaperStore(settings)
+    store.ingest(corpus[:2])
+    got = store.papers.get(include=["metadatas"])
+    stripped = [{**m, "title_key": None, "abstract_key": None} for m in got["metadatas"]]  # None deletes a key
+    store.papers.update(ids=got["ids"], metadatas=stripped)
+    assert "abstract_key" not in store.papers.get(include=["metadatas"])["metadatas"][0]
+    report = store.ingest([_paper("copy", "Copy", corpus[0].abstract)])
+    assert [d.indexed_id for d in report.duplicates] == [corpus[0].id]
+
+
+# --- damage is reported, never papered over -----------------------------------------------------
+
+def _assistant(data) -> "Assistant":
+    from rag import Assistant
+
+    return Assistant(Settings(data_dir=data, mode="extractive"))
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a database" * 10])
+def test_a_damaged_index_file_is_reported_and_not_rebuilt(index_copy, content):
+    from rag.errors import IndexCorruptError
+
+    db = index_copy / "chroma" / "chroma.sqlite3"
+    db.write_bytes(content)
+    a = _assistant(index_copy)
+    with pytest.raises(IndexCorruptError) as info:
+        a.ensure_index()
+    assert str(db) in info.value.message
+    assert f"mv {index_copy} {index_copy}.broken" in info.value.hint  # the fix moves it aside...
+    assert "Remove" not in info.value.hint and "rm " not in info.value.hint  # ...and deletes nothing
+    assert db.read_bytes() == content  # nothing was written over it
+
+
+def test_an_index_that_comes_back_empty_is_reported(index_copy):
+    """The folder was removed (or replaced by an empty one) behind paper-rag's back."""
+    import shutil
+
+    from rag.errors import IndexCorruptError
+
+    assert json.loads((index_copy / "paper-rag.json").read_text())["papers"] == 119
+    shutil.rmtree(index_copy / "chroma")
+    with pytest.raises(IndexCorruptError, match="held 119"):
+        _assistant(index_copy).ensure_index()
+
+
+def test_the_bundled_corpus_goes_only_into_a_new_index(tmp_path, corpus):
+    from rag.errors import IndexMissingError
+
+    new = tmp_path / "new"
+    report = _assistant(new).ensure_index()
+    assert report is not None and len(report.added) == 119
+    state = json.loads((new / "paper-rag.json").read_text())
+    assert state["bundled"] == "done" and state["papers"] == 119 and not state["user_writes"]
+    assert _assistant(new).ensure_index() is None  # not twice
+    # a user's index that was emptied on purpose is not refilled with the bundled corpus
+    emptied = tmp_path / "emptied"
+    store = PaperStore(Settings(data_dir=emptied))
+    store.ingest(corpus[:2])
+    store.delete_papers([p.id for p in corpus[:2]])
+    with pytest.raises(IndexMissingError, match="no papers"):
+        _assistant(emptied).ensure_index()
+    # nor is an index paper-rag did not create (no marker)
+    foreign = tmp_path / "foreign"
+    PaperStore(Settings(data_dir=foreign))
+    (foreign / "paper-rag.json").unlink()
+    with pytest.raises(IndexMissingError):
+        _assistant(foreign).ensure_index()
+
+
+def test_an_interrupted_first_indexing_is_finished(tmp_path, corpus):
+    data = tmp_path / "d"
+    store = PaperStore(Settings(data_dir=data))
+    with store.writing(user=False) as state:  # as if killed after 10 bundled papers
+        state.bundled = "pending"
+        store._ingest_locked(corpus[:10], None, replace_all=False, replace=False)
+    report = _assistant(data).ensure_index()
+    assert report is not None and report.unchanged == 10 and len(report.added) == 109
+
+
+def test_a_data_dir_that_is_a_file_is_not_called_damaged(tmp_path):
+    from rag.errors import DataDirError
+
+    f = tmp_path / "file"
+    f.write_text("not a folder")
+    with pytest.raises(DataDirError) as info:
+        PaperStore(Settings(data_dir=f))
+    assert "is a file" in info.value.message and "Remove" not in info.value.hint
+    assert f.read_text() == "not a folder"
+
+
+def _chattr(path, flag: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_data_dir_is_not_called_damaged(index_copy):
+    """chmod does not stop root (CI), the immutable flag does; skipped where chattr cannot set it."""
+    from rag.errors import DataDirError
+
+    before = sorted(p.name for p in index_copy.rglob("*"))
+    if not _chattr(index_copy, "+i"):
+        pytest.skip("chattr +i is not available here")
+    try:
+        with pytest.raises(DataDirError) as info:
+            _assistant(index_copy).ensure_index()
+        assert "read-only" in info.value.message or "write access" in info.value.message
+        assert "Remove" not in info.value.hint and "rm " not in info.value.hint
+    finally:
+        _chattr(index_copy, "-i")
+    assert sorted(p.name for p in index_copy.rglob("*")) == before
+
+
+# --- caches rebuild themselves, with a warning ---------------------------------------------------
+
+def test_a_garbage_embedding_cache_is_moved_aside(index_copy, caplog):
+    cache = index_copy / "cache" / "embeddings.sqlite"
+    for side in ("-wal", "-shm"):
+        cache.with_name(cache.name + side).unlink(missing_ok=True)
+    cache.write_bytes(b"garbage " * 500)
+    a = _assistant(index_copy)
+    with caplog.at_level("WARNING", logger="rag"):
+        answer = a.ask("What accuracy does FaceNet reach on LFW?")
+        report, _ = a.ingest(papers=[_paper("z1", "Zebra Stripe Counting", "We count zebra stripes.")])
+    assert answer.citations and len(report.added) == 1
+    assert any("embedding cache" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+    assert cache.with_name("embeddings.sqlite.broken").read_bytes().startswith(b"garbage")
+
+
+@pytest.mark.parametrize("name, content", [("tokens.json", "[1, 2"), ("tokens.json", "[1, 2]"),
+                                           ("bm25/params.index.json", "{bad"), ("bm25/lexical.json", "[]")])
+def test_a_damaged_lexical_cache_is_rebuilt(index_copy, caplog, name, content):
+    a = _assistant(index_copy)
+    a.ask("Which paper clusters faces?")  # writes the lexical cache
+    target = index_copy / "lexical" / "papers" / name
+    assert target.exists()
+    target.write_text(content)
+    if name == "tokens.json":  # read only when BM25 is rebuilt
+        import shutil
+
+        shutil.rmtree(target.parent / "bm25")
+    b = _assistant(index_copy)
+    with caplog.at_level("WARNING", logger="rag"):
+        answer = b.ask("What accuracy does FaceNet reach on LFW?")
+    assert answer.citations[0].paper_id == "facenet-a-unified-embedding-for-face-recognition"
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_marker_only_costs_its_checks(index_copy, caplog):
+    """paper-rag.json only adds checks: a garbled one is reported and written again at the next ingest."""
+    marker = index_copy / "paper-rag.json"
+    marker.write_text("{not json")
+    with caplog.at_level("WARNING", logger="rag"):
+        store = PaperStore(Settings(data_dir=index_copy))
+        assert store.count() == 119
+    assert any("paper-rag.json is damaged" in r.getMessage() for r in caplog.records)
+    store.ingest([_paper("m1", "Marker Mending", "We mend markers.")])
+    state = json.loads(marker.read_text())
+    assert state["papers"] == 120 and state["writing"] is False and state["user_writes"] is True
