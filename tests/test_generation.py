@@ -135,3 +135,41 @@ def test_injected_llm_is_used(built_index):
     a = Assistant(Settings(data_dir=built_index), llm=llm)
     answer = a.ask("Which paper clusters faces with GCNs?")
     assert answer.mode == "openai" and [c.n for c in answer.citations] == [2]
+
+
+# --- answer first (issue 11): the cases a new user tripped on ---------------------------------
+
+def test_the_number_comes_first(assistant):
+    a = assistant.ask("What accuracy does FaceNet reach on LFW?")
+    assert "99.63%" in " ".join(a.text.split()[:40])
+    assert a.text.startswith("**FaceNet** [1]:") and a.text.count("[1]") == 1  # cited once, not per sentence
+
+
+@pytest.mark.parametrize("question,paper,fact", [
+    ("How many pictures does LPFF contain?", "lpff-a-portrait-dataset-for-face-generators", "19,590"),
+    ("Which paper reports 77.4% AP on CrowdPose?", "i-2r-net-intra-and-inter-human-relation-network", "77.4% AP"),
+    ("lpff photo count", "lpff-a-portrait-dataset-for-face-generators", "19,590"),
+])
+def test_wording_does_not_flip_the_answer(assistant, question, paper, fact):
+    a = assistant.ask(question)
+    assert not a.abstained, a.meta
+    assert a.citations[0].paper_id == paper and fact in a.text
+
+
+def test_lists_say_how_many_and_markers_read_in_order(assistant):
+    a = assistant.ask("Which papers perform face swapping with diffusion models?")
+    first, *rest = a.text.split("\n")
+    assert re.fullmatch(r"(Two|Three|Four) papers:", first)
+    assert len(rest) == {"Two": 2, "Three": 3, "Four": 4}[first.split()[0]]
+    assert [int(n) for n in re.findall(r"\[(\d+)\]", a.text)] == list(range(1, len(rest) + 1))
+    assert all(line.startswith("- **") for line in rest)
+    assert [c.n for c in a.contexts[: len(rest)]] == list(range(1, len(rest) + 1))  # cards follow the markers
+    assert {c.rank for c in a.contexts} == set(range(1, len(a.contexts) + 1))  # the retrieval rank is kept
+
+
+def test_evidence_is_apart_from_the_answer_in_the_json(assistant):
+    d = assistant.ask("What accuracy does FaceNet reach on LFW?").to_dict()
+    assert d["evidence"] and all(set(e) == {"n", "paper_id", "sentence"} for e in d["evidence"])
+    assert any("99.63%" in e["sentence"] for e in d["evidence"])
+    assert all(e["sentence"] not in d["answer"] or len(e["sentence"]) < 400 for e in d["evidence"])
+    assert {"n", "rank", "paper_id", "title", "score"} <= set(d["retrieved"][0])
