@@ -312,10 +312,10 @@ class Planner:
 
 def evidence_for(qa: QuestionAnalysis, chosen: list[Candidate], config: AnswerConfig) -> list[PaperEvidence]:
     """The sentences each chosen paper contributes, most probable first, within a word budget:
-    `answer_words` for a one-paper answer, `paper_words` per paper in a list or comparison.
+    for a one-paper answer, or per paper in a list or a comparison.
     A numeric answer leads with a sentence that states a number about the asked-for quantity."""
     several = len(chosen) > 1
-    budget = config.paper_words if several else config.answer_words
+    budget = config.word_budget[("comparison" if qa.answer_type == "comparison" else "list") if several else "one"]
     out = []
     for cand in chosen:
         ranked = sorted(cand.sentences, key=lambda s: -s.probability)

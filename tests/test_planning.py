@@ -13,7 +13,8 @@ from rag.types import Context
 
 CONFIG = AnswerConfig(min_similarity=0.2, abstain_below=0.5, list_min=0.5, list_ratio=0.6,
                       answer_weights={"sent_cos": 10.0}, answer_bias=-5.0, quantity_similarity=0.6,
-                      extra_sentence_min=0.3, answer_words=40, paper_words=20)
+                      extra_sentence_min=0.3,
+                      word_budget={"one": 40, "list": 20, "comparison": 20})
 
 
 def qa(kind: str, names: tuple[str, ...] = (), question: str = "q") -> QuestionAnalysis:
