@@ -242,11 +242,15 @@ class Planner:
         top_lex = max((c.lexical for c in contexts), default=0.0) or 1.0
         top_fused = max((c.score for c in contexts), default=0.0) or 1.0
         q = qa.question.lower()
+        ordered = sorted(contexts, key=lambda x: -x.score)
+        split = [split_sentences(c.abstract) or [c.abstract] for c in ordered]
+        flat = [t for texts in split for t in texts]
+        cos = self.vectors(flat) @ qvec if flat else np.zeros(0)  # one batch for every paper
         out = []
-        for rank, c in enumerate(sorted(contexts, key=lambda x: -x.score), 1):
-            texts = split_sentences(c.abstract) or [c.abstract]
-            vecs = self.vectors(texts)
-            sents = [Sentence(c.n, i, t, float(v @ qvec)) for i, (t, v) in enumerate(zip(texts, vecs))]
+        start = 0
+        for rank, (c, texts) in enumerate(zip(ordered, split), 1):
+            sents = [Sentence(c.n, i, t, float(cos[start + i])) for i, t in enumerate(texts)]
+            start += len(texts)
             title_terms = set(terms(c.title))
             focus = {t: w for t, w in weights.items() if t not in title_terms}
             sentence_features(qa, sents, weights, focus)
