@@ -500,7 +500,8 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
     if mode == "openai":
         assistant.llm  # no LLM configured: one ConfigError now, not one per question
     llm = assistant.llm if judge else None
-    checker = SupportChecker(assistant.store.embedder.embed)
+    # The same check as the guard's, with the corpus's IDF for the rare-word test.
+    checker = SupportChecker(assistant.store.embedder.embed, idf=assistant.retriever.lexical().term_idf)
     started, t0 = _now(), time.perf_counter()
 
     def one(q: Question) -> dict[str, Any]:
@@ -542,7 +543,7 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
         rows = _map(one, questions, max(1, concurrency), bar)
     out = _meta(assistant, mode, k, len(questions), concurrency, started, t0, source, "qa")
     out["judge"] = bool(judge)
-    out["support_thresholds"] = {"cosine": checker.cosine, "overlap": checker.overlap}
+    out["support_thresholds"] = checker.thresholds()
     out["summary"] = {"overall": summarise(rows), "by_type": _by_type(rows, summarise)}
     if len({r.get("style") for r in rows}) > 1:
         out["summary"]["by_style"] = _by_type(rows, summarise, key="style")
