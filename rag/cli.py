@@ -92,9 +92,10 @@ def _print_answer(answer, streamed: bool, evidence: bool = True) -> None:
         print(f"\nnote: {answer.meta['notice']}")
     if answer.meta.get("uncited"):
         print("\nnote: this answer cites no paper, so it could not be checked against the abstracts")
-    if answer.meta.get("fallback"):
-        print(f"\nnote: the local model's sentences were not supported by the sources; "
-              f"showing the {answer.meta['fallback']} answer")
+    from .guard import guard_note
+
+    if note := guard_note(answer.meta):
+        print(f"\nnote: {note}")
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:

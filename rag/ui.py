@@ -34,6 +34,7 @@ import gradio as gr
 from .chunking import split_sentences
 from .conversation import Plan, Turn, condense_question, followup, is_elliptical
 from .errors import ConfigError, CorpusError, CorpusErrors, LLMError, RagError
+from .guard import guard_note
 from .types import Answer, Context, Paper
 
 log = logging.getLogger(__name__)
@@ -457,6 +458,8 @@ def create_app(assistant) -> gr.Blocks:
             extra.append("This answer cites no paper, so it could not be checked against the abstracts.")
         if answer.meta.get("notice"):
             extra.append(str(answer.meta["notice"]))
+        if guarded := guard_note(answer.meta):
+            extra.append(guarded)
         if note:
             extra.append(note)
         if extra:
