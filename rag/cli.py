@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two runs")
     p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge (needs an LLM)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="ask for whole answers (one plain request to the LLM per question) instead of streaming")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("fit", help="fit the offline answerer's thresholds by cross-validation on eval/")

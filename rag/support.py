@@ -407,7 +407,8 @@ class SupportChecker:
         Sentences with no content word once markers and paper titles are removed (a bare
         "[1]" or a heading that only names the paper) are not counted. A sentence counts
         as supported if at least one paper it cites supports it and no other retrieved
-        paper supports it clearly better."""
+        paper supports it clearly better. `invented` counts sentences stating a number or
+        name that the papers they cite (any retrieved paper, for an uncited one) do not."""
         from .text import terms
 
         by_n = {c.n: c for c in answer.contexts}
@@ -419,7 +420,11 @@ class SupportChecker:
                 continue
             row: dict[str, Any] = {"sentence": sent, "cited": [c.paper_id for c in cited], "supported": False,
                                    "cosine": None, "overlap": None, "weighted": None}
-            if cited:
+            if not cited:
+                missing = missing_specifics(sent, [paper_text(c) for c in answer.contexts])
+                if missing:
+                    row["missing"] = missing
+            else:
                 j = self.judge(sent, cited, [c for c in answer.contexts if c not in cited], idf)
                 lead = (j.supporting or sorted(j.cited, key=lambda s: -s.score))[0]
                 row.update(overlap=lead.overlap, weighted=lead.weighted, cosine=lead.cosine,
@@ -431,4 +436,5 @@ class SupportChecker:
             rows.append(row)
         supported = sum(r["supported"] for r in rows)
         return {"groundedness": supported / len(rows) if rows else None, "sentences": rows,
-                "supported": supported, "counted": len(rows)}
+                "supported": supported, "counted": len(rows),
+                "invented": sum(1 for r in rows if r.get("missing"))}
