@@ -67,7 +67,7 @@ def collect(assistant, questions: Sequence[Any], progress: bool = True) -> list[
     cases = []
     for q in tqdm(questions, desc="Scoring", disable=not progress, unit="q"):
         r = assistant.retrieve(q.question)
-        assistant._refresh_names(r.revision)
+        assistant.refresh_names(r.revision)
         qa = ex.analyzer.analyse(q.question)
         cands = ex.planner.candidates(qa, r.contexts, r.idf, r.query_vec, quantities=True)
         cases.append(Case(q.id, q.id.split("-")[0], q.question, q.type, frozenset(q.gold), tuple(q.key_facts),

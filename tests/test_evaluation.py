@@ -152,8 +152,10 @@ def test_groundedness_needs_the_cited_paper_to_support(embed):
 def test_groundedness_thresholds_are_applied():
     """A fake embedder pins the cosine branch: every vector is the same, so cosine = 1."""
     same = lambda texts: np.ones((len(texts), 4), dtype=np.float32) / 2.0  # noqa: E731
-    loose = SupportChecker(same, cosine=0.6, overlap=0.7).check(_answer("Completely unrelated words here [3].", cited=[3]))
-    strict = SupportChecker(same, cosine=1.01, overlap=0.7).check(_answer("Completely unrelated words here [3].", cited=[3]))
+    loose = SupportChecker(same, cosine=0.6, overlap=0.7, weighted=0.0).check(
+        _answer("Completely unrelated words here [3].", cited=[3]))
+    strict = SupportChecker(same, cosine=1.01, overlap=0.7, weighted=0.0).check(
+        _answer("Completely unrelated words here [3].", cited=[3]))
     assert loose["groundedness"] == 1.0 and strict["groundedness"] == 0.0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..chunking import split_sentences
 from ..errors import ConfigError, CorpusError, LLMError, RagError
+from ..guard import guard_note
 from ..text import STOPWORDS, words
 from ..types import Answer, Context, Paper
 
@@ -219,7 +220,8 @@ def final_message(answer: Answer, note: str | None, turn: int) -> str:
     """The answer in the chat, markers linked to their cards, then any notices."""
     msg = chat_text(answer.text, turn)
     extra = []
-    if answer.meta.get("fallback"):
+    guarded = guard_note(answer.meta)
+    if answer.meta.get("fallback") and not guarded:
         extra.append(f"The local model's sentences were not supported by the sources, so this is the "
                      f"{answer.meta['fallback']} answer.")
     if answer.invalid_citations:
@@ -228,6 +230,8 @@ def final_message(answer: Answer, note: str | None, turn: int) -> str:
         extra.append("This answer cites no paper, so it could not be checked against the abstracts.")
     if answer.meta.get("notice"):
         extra.append(str(answer.meta["notice"]))
+    if guarded:
+        extra.append(guarded)
     if note:
         extra.append(note)
     if extra:
