@@ -195,7 +195,7 @@ def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool)
           f"BM25 in a later process {res['bm25_load_s']:.2f}s; disk by folder (MiB) {disk_after}", flush=True)
 
     questions = load_question_texts(n_questions)
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
 
     gold = {q.question: set(q.gold) for q in load_questions(ROOT / "eval" / "questions.jsonl")}
     t = time.perf_counter()

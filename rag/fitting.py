@@ -331,7 +331,7 @@ def cross_validate(cases: Sequence[Case], base: AnswerConfig, folds: int = 5,
 
 
 def tuning_pool(root: Path) -> list[Any]:
-    from .evaluation import load_questions
+    from .eval import load_questions
 
     originals = load_questions(root / "eval" / "questions.jsonl")
     ids = {q.id for q in originals}
