@@ -277,7 +277,7 @@ class Assistant:
         if self._checker is None:
             from .support import SupportChecker
 
-            self._checker = SupportChecker(self.store.ingest_embedder.embed)
+            self._checker = SupportChecker(self.vectors)
         return self._checker
 
     def _finish(self, question: str, mode: str, retrieval: Retrieval, draft: Draft) -> Answer:

@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Abbreviations after which a period does not end a sentence.
-_ABBREV = r"(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|Sec|Tab|No|approx|resp|w\.r\.t|a\.k\.a|St|Dr|Mr|Ms)"
+_ABBREV = r"(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Figs|Eq|Sec|Tab|No|approx|resp|w\.r\.t|a\.k\.a|St|Dr|Mr|Ms)"
 # "generation.~Specifically": a LaTeX non-breaking space between two sentences also ends one.
 _SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])|(?<=[.!?]~)(?=[A-Z])")
-_ABBREV_END_RE = re.compile(rf"(?:\b{_ABBREV}\.|\b[A-Z]\.)$")
+# A text ending in one of them (or an initial) has not ended its sentence: the chunker, the
+# support check and the guard's stream splitter all ask this.
+ABBREV_END = re.compile(rf"(?:\b{_ABBREV}\.|\b[A-Z]\.)$")
 
 
 def provision_tiktoken(cache_dir: Path) -> Path:
@@ -83,7 +85,7 @@ def split_sentences(text: str) -> list[str]:
         part = part.strip()
         if not part:
             continue
-        if sentences and _ABBREV_END_RE.search(sentences[-1]):
+        if sentences and ABBREV_END.search(sentences[-1]):
             sentences[-1] = f"{sentences[-1]} {part}"
         else:
             sentences.append(part)

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from .citations import check_markers
-from .support import ABBREV_END, IdfFn, SupportChecker, missing_specifics, paper_text
+from .chunking import ABBREV_END
+from .citations import MARKER
+from .support import IdfFn, SupportChecker, missing_specifics, paper_text
 from .text import terms
 from .types import ABSTAIN_TEXT, Context
 
@@ -40,7 +42,6 @@ FLAG = "(unverified)"
 # more text; or a line break (list items often have no full stop).
 _SENTENCE_END = re.compile(r"[.!?](?:\s*\[[\d,;\s-]+\])*[ \t]*\n\s*(?=\S)|[.!?](?:\s*\[[\d,;\s-]+\])*[ \t]+(?=\S)"
                            r"|\n\s*(?=\S)")
-_MARKER = re.compile(r"\[(\d{1,3})\]")
 _TRAILING_PUNCT = re.compile(r"([.!?:;,]*)\s*$")
 
 
@@ -88,7 +89,7 @@ def guard_note(meta: dict) -> str | None:
 
 def _with_markers(text: str, ns: Sequence[int]) -> str:
     """The sentence without its markers, then `[n]...` before its end punctuation."""
-    body = _MARKER.sub("", text)
+    body = MARKER.sub("", text)
     body = re.sub(r"[ \t]{2,}", " ", body).strip()
     body = re.sub(r"\s+([.,;:!?])", r"\1", body)
     m = _TRAILING_PUNCT.search(body)
@@ -158,7 +159,7 @@ class SentenceGuard:
         checked = check_markers(sentence.strip(), max(self.by_n, default=0))
         self.report.invalid_markers += checked.invalid
         text = checked.text.strip()
-        body = _MARKER.sub(" ", text)
+        body = MARKER.sub(" ", text)
         if not text or text.rstrip(".") == ABSTAIN_TEXT.rstrip(".") or not terms(body):
             return None  # empty, a bare "1. [1]", or the model abstaining inside an answer
         cited = [self.by_n[n] for n in checked.cited if n in self.by_n]

@@ -24,7 +24,7 @@ import numpy as np
 from .analysis import QuestionAnalysis, mentions
 from .chunking import split_sentences
 from .text import QUESTION_WORDS, STOPWORDS, terms, words
-from .tuning import PAPER_FEATURES, SENTENCE_CUES, AnswerConfig
+from .tuning import SENTENCE_CUES, AnswerConfig
 from .types import Context
 
 _NUMBER_WORDS = re.compile(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"

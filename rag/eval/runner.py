@@ -99,7 +99,7 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
         assistant.llm  # no LLM configured: one ConfigError now, not one per question
     llm = assistant.llm if judge else None
     # The same check as the guard's, with the corpus's IDF for the rare-word test.
-    checker = SupportChecker(assistant.store.embedder.embed, idf=assistant.retriever.lexical().term_idf)
+    checker = SupportChecker(assistant.vectors, idf=assistant.retriever.lexical().term_idf)
     started, t0 = _now(), time.perf_counter()
 
     def one(q: Question) -> dict[str, Any]:

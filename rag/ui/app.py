@@ -405,8 +405,8 @@ def check_port(host: str, port: int) -> int:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is already in use",
-                                  f"Stop the program using it, or choose another port with --port N or "
-                                  f"RAG_UI_PORT=N (0 = any free port).") from None
+                                  "Stop the program using it, or choose another port with --port N or "
+                                  "RAG_UI_PORT=N (0 = any free port).") from None
             raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc})",
                               "Choose another address or port with --host/--port (RAG_UI_HOST/RAG_UI_PORT).") from None
     return port
