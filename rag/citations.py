@@ -17,7 +17,9 @@ MARKER_PATTERN = r"\[(\d{1,3})\]"
 MARKER = re.compile(MARKER_PATTERN)
 
 # [1]  [1, 2]  [1,2;3]  [1-3]  [Source 2]  [source 1, 4]
-_MARKER_RE = re.compile(r"\[\s*(?:sources?\s*)?(\d{1,3}(?:\s*(?:[,;]|[-\u2013])\s*(?:sources?\s*)?\d{1,3})*)\s*\]", re.I)
+_MARKER_RE = re.compile(
+    r"\[\s*(?:sources?\s*)?(\d{1,3}(?:\s*(?:[,;]|[-\u2013])\s*(?:sources?\s*)?\d{1,3})*)\s*\]", re.I
+)
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import RagError
 
@@ -154,7 +155,9 @@ def cmd_eval(args) -> int:
         cmp = ev.compare(a, b)
         print(json.dumps(cmp, indent=2, default=str) if args.json else ev.format_compare(cmp))
         return 0
-    set_path = Path(args.set_path) if getattr(args, "set_path", None) else ev.default_root() / "eval" / "questions.jsonl"
+    set_path = (
+        Path(args.set_path) if getattr(args, "set_path", None) else ev.default_root() / "eval" / "questions.jsonl"
+    )
     if not set_path.is_file():
         raise RagError(f"question set not found: {set_path}", "Pass --set PATH (JSONL, or PubMedQA's ori_pqal.json).")
     if args.limit is not None and args.limit < 1:
@@ -200,7 +203,7 @@ def _eval_questions(args, set_path: Path) -> dict:
     a = _assistant(args)
     if args.judge:
         try:
-            a.llm
+            _ = a.llm
         except ConfigError:
             raise RagError("--judge needs an LLM to grade with, and none is configured",
                            "Set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server); "
@@ -275,7 +278,7 @@ def _setting_type(field: str):
         from .settings import Settings, allowed_values
 
         info = Settings.model_fields[field]
-        annotation = Annotated[tuple([info.annotation, *info.metadata])] if info.metadata else info.annotation
+        annotation: Any = Annotated[tuple([info.annotation, *info.metadata])] if info.metadata else info.annotation
         try:
             return TypeAdapter(annotation).validate_python(text)
         except ValidationError:
@@ -305,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description="Ask questions about research paper abstracts; "
                                      "answers cite the papers they come from. Offline by default.",
                                      epilog="RAG_DEBUG=1 shows the traceback of an unexpected error.")
-    parser.add_argument("--data-dir", type=_folder, help="index folder (default: RAG_DATA_DIR or ~/.local/share/paper-rag)")
+    parser.add_argument("--data-dir", type=_folder, help="index folder (default: RAG_DATA_DIR or "
+                                                         "~/.local/share/paper-rag)")
     sub = parser.add_subparsers(dest="command", required=True)
     k_type = _setting_type("k")
 

@@ -25,12 +25,11 @@ dropped.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
-from .citations import check_markers
 from .chunking import ABBREV_END
-from .citations import MARKER
+from .citations import MARKER, check_markers
 from .support import IdfFn, SupportChecker, missing_specifics, paper_text
 from .text import terms
 from .types import ABSTAIN_TEXT, Context
@@ -81,7 +80,8 @@ def guard_note(meta: dict) -> str | None:
         parts.append(f"{fixed} citation{'s' if fixed != 1 else ''} set by the check")
     if meta.get("fallback"):
         why = f" ({'; '.join(parts)})" if parts else ""
-        return f"No sentence of the model's answer was supported by the sources{why}; showing the {meta['fallback']} answer."
+        return (f"No sentence of the model's answer was supported by the sources{why}; showing the {meta['fallback']} "
+                f"answer.")
     if not parts:
         return None
     return f"Checked against the sources ({g.get('policy')}): " + "; ".join(parts) + "."
@@ -196,7 +196,7 @@ class SentenceGuard:
         self.report.kept += 1
         return text
 
-    def _drop(self, invented: bool = False) -> None:
+    def _drop(self, invented: bool = False) -> str | None:
         self.report.dropped += 1
         self.report.invented += int(invented)
         return None

@@ -14,9 +14,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class LexicalIndex:
         return f"{p.title} {p.title} {p.abstract}"
 
     @classmethod
-    def load_or_build(cls, papers: dict, revision: str, folder: Path | None) -> "LexicalIndex":
+    def load_or_build(cls, papers: dict, revision: str, folder: Path | None) -> LexicalIndex:
         if folder is not None:
             loaded = cls._load(folder, revision)
             if loaded is not None:
@@ -97,7 +97,7 @@ class LexicalIndex:
         tmp.replace(folder / "bm25")
 
     @classmethod
-    def _load(cls, folder: Path, revision: str) -> "LexicalIndex | None":
+    def _load(cls, folder: Path, revision: str) -> LexicalIndex | None:
         import bm25s
 
         meta_path = folder / "bm25" / "lexical.json"
@@ -218,7 +218,7 @@ class Retriever:
         papers = self.store.all_papers(rev)
         chunk_rows = self.store.chunks_of(chosen)
         contexts: list[Context] = []
-        for n, pid in enumerate(chosen, 1):
+        for pid in chosen:
             p = papers.get(pid)
             if p is None:  # removed by a concurrent ingest between the two reads
                 continue

@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -140,10 +141,12 @@ def make_client(settings: Settings):
     if settings.chroma_url:
         url = urlparse(settings.chroma_url)
         try:
-            return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
-                                       ssl=url.scheme == "https", settings=chroma_settings)
+            port = url.port or (443 if url.scheme == "https" else 8000)
+            return chromadb.HttpClient(host=url.hostname or "", port=port, ssl=url.scheme == "https",
+                                       settings=chroma_settings)
         except Exception as exc:  # the client checks the server at construction
-            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} ({type(exc).__name__})",
+            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} "
+                              f"({type(exc).__name__})",
                               "Start it with `chroma run --path DIR --port PORT`, or unset RAG_CHROMA_URL "
                               "to use the embedded store.") from None
     path = settings.chroma_path
@@ -231,7 +234,9 @@ class PaperStore:
     def ingest_embedder(self) -> CachedEmbedder:
         """Ingest embeds through a persistent cache; queries go to the model directly."""
         if self._ingest_embedder is None:
-            self._ingest_embedder = CachedEmbedder(self.embedder, EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite"))
+            self._ingest_embedder = CachedEmbedder(
+                self.embedder, EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite")
+            )
         return self._ingest_embedder
 
     def _collection(self, name: str):
@@ -426,9 +431,9 @@ class PaperStore:
                 by_title.setdefault(tkey, set()).add(pid)
             by_abstract.setdefault(akey, set()).add(pid)
 
-        for pid, rec in records.items():
+        for pid, known in records.items():
             if keep is None or pid in keep:  # with replace_all, the others are about to go
-                remember(pid, rec["title"], rec["title_key"], rec["abstract_key"])
+                remember(pid, known["title"], known["title_key"], known["abstract_key"])
         accepted: list[Paper] = []
         batch_ids: set[str] = set()
         for p in papers:
@@ -478,7 +483,7 @@ class PaperStore:
             self._write_batch(batch, records, existing_chunks, report, bar)
         if bar is not None:
             bar.close()
-        if replace_all:
+        if keep is not None:  # replace_all
             stale = [pid for pid in records if pid not in keep]
             if stale:
                 self.delete_papers(stale, bump=False)
@@ -621,7 +626,9 @@ class PaperStore:
                                                  include=["documents", "metadatas", "embeddings"]))
         out: dict[str, list] = {pid: [] for pid in paper_ids}
         for cid, doc, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
-            out.setdefault(meta["paper_id"], []).append((cid, doc, int(meta["index"]), np.asarray(emb, dtype=np.float32)))
+            out.setdefault(meta["paper_id"], []).append(
+                (cid, doc, int(meta["index"]), np.asarray(emb, dtype=np.float32))
+            )
         for rows in out.values():
             rows.sort(key=lambda r: r[2])
         return out

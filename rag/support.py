@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,9 @@ _MARKER_RUN_AFTER_STOP = re.compile(rf"([.!?])((?:\s*{MARKER_PATTERN})+)(?=\s|$)
 def attach_markers(text: str) -> str:
     """'A sentence. [1] Next' -> 'A sentence [1]. Next', so `claims()` gives each sentence
     its own markers (the extractive mode puts them after the full stop)."""
-    return _MARKER_RUN_AFTER_STOP.sub(lambda m: " " + "".join(x.group(0) for x in MARKER.finditer(m.group(2))) + m.group(1), text)
+    return _MARKER_RUN_AFTER_STOP.sub(
+        lambda m: " " + "".join(x.group(0) for x in MARKER.finditer(m.group(2))) + m.group(1), text
+    )
 
 
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
@@ -202,7 +205,11 @@ def specifics(text: str) -> list[Specific]:
             value = m.group(1).replace(",", "").lstrip("+").replace("\u2212", "-")
             unit = _UNIT_ALIASES.get((m.group(2) or "").lower(), "")
             if not unit and i + 1 < len(toks):
-                unit = _UNIT_ALIASES.get(toks[i + 1].lower(), "") if toks[i + 1].lower() not in ("s", "h", "m", "b", "k", "x") else ""
+                unit = (
+                    _UNIT_ALIASES.get(toks[i + 1].lower(), "")
+                    if toks[i + 1].lower() not in ("s", "h", "m", "b", "k", "x")
+                    else ""
+                )
             out.append(Specific(tok, value=value, unit=unit))
         elif _is_name(tok):
             name = tok[:-1] if re.fullmatch(r"[A-Z][A-Z0-9]+s", tok) else tok  # GCNs -> GCN
@@ -359,7 +366,7 @@ class SupportChecker:
             weighted = sum(w for t, w in weights.items() if t in have) / total if total > 0 else 1.0
             missing = missing_specifics(sentence, [paper_text(c)])
             out.append(Support(c.n, round(overlap, 4), round(weighted, 4), None, missing))
-            need_cos = need_cos or (want and overlap < self.overlap and weighted >= self.weighted and not missing)
+            need_cos = need_cos or bool(want and overlap < self.overlap and weighted >= self.weighted and not missing)
         if need_cos or vec is not None:
             if vec is None:
                 vec = np.asarray(self.embed([core]), dtype=np.float32)[0]
@@ -371,7 +378,7 @@ class SupportChecker:
         return out
 
     def judge(self, sentence: str, cited: Sequence[Context], others: Sequence[Context] = (),
-              idf: IdfFn | None = None) -> "Judgement":
+              idf: IdfFn | None = None) -> Judgement:
         """The sentence against the papers it cites and the other retrieved papers: which
         cited papers support it, and which other papers support it better. A cited paper
         that supports it loses it to another paper that supports it by `margin` more."""

@@ -81,13 +81,16 @@ def format_compare(cmp: dict[str, Any]) -> str:
     for side in ("a", "b"):
         r = cmp[side]
         out.append(f"{side.upper()}: {r.get('set')} mode={r.get('mode')} k={r.get('k')} "
-                   f"commit={(r.get('git_commit') or '?')[:10]} settings={r.get('settings_hash')} ({r.get('started_at')})")
+                   f"commit={(r.get('git_commit') or '?')[:10]} settings={r.get('settings_hash')} "
+                   f"({r.get('started_at')})")
     only = cmp.get("only_in", {})
     if only.get("A") or only.get("B"):
         out.append(f"note: the runs cover different questions ({len(only.get('A', []))} only in A, "
                    f"{len(only.get('B', []))} only in B); the deltas compare different sets")
     if cmp["settings_changed"]:
-        out.append("settings changed: " + ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in cmp["settings_changed"].items()))
+        out.append(
+            "settings changed: " + ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in cmp["settings_changed"].items())
+        )
 
     def block(title: str, table: dict[str, Any]) -> None:
         out.append(f"\n{title}")

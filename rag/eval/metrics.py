@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,23 +18,71 @@ from .datasets import Question
 # Offline support check for groundedness (documented in eval/README.md).
 
 # The headline metrics, in report order; `LOWER_IS_BETTER` flips the sign of "better".
-HEADLINE = ["hit_at_k", "recall_at_k", "mrr", "ndcg_at_10", "citation_precision", "citation_recall",
-            "key_fact_recall", "key_facts_in_lead", "answer_words_p50", "consistency", "abstention_rate",
-            "false_abstention_rate", "invalid_citations", "invented_specifics", "groundedness", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms"]
+HEADLINE = [
+    "hit_at_k",
+    "recall_at_k",
+    "mrr",
+    "ndcg_at_10",
+    "citation_precision",
+    "citation_recall",
+    "key_fact_recall",
+    "key_facts_in_lead",
+    "answer_words_p50",
+    "consistency",
+    "abstention_rate",
+    "false_abstention_rate",
+    "invalid_citations",
+    "invented_specifics",
+    "groundedness",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+]
 RETRIEVAL_HEADLINE = ["recall_at_1", "recall_at_5", "recall_at_10", "mrr", "ndcg_at_10",
                       "latency_p50_ms", "latency_p95_ms"]
-LOWER_IS_BETTER = {"false_abstention_rate", "invalid_citations", "invented_specifics", "fallbacks", "latency_p50_ms", "latency_p95_ms", "answer_words_p50",
-                   "ttft_p50_ms", "ttft_p95_ms", "errors"}
-LABELS = {"hit_at_k": "hit@k", "recall_at_k": "recall@k", "mrr": "MRR", "ndcg_at_10": "nDCG@10",
-          "citation_precision": "citation precision", "citation_recall": "citation recall",
-          "key_fact_recall": "key-fact recall", "key_facts_in_lead": "key facts in first 40 words",
-          "answer_words_p50": "median answer words", "consistency": "consistency (rephrasings)", "abstention_rate": "abstention (unanswerable)",
-          "false_abstention_rate": "false abstention", "abstention_accuracy": "abstain/answer right", "invalid_citations": "invalid citations", "invented_specifics": "invented numbers/names shown",
-          "fallbacks": "extractive fallbacks",
-          "groundedness": "groundedness", "latency_p50_ms": "latency p50 ms", "latency_p95_ms": "latency p95 ms",
-          "ttft_p50_ms": "first token p50 ms", "ttft_p95_ms": "first token p95 ms", "judge_score": "judge (1-5)",
-          "recall_at_1": "recall@1", "recall_at_5": "recall@5", "recall_at_10": "recall@10",
-          "pass_rate": "questions passed", "errors": "errors", "n": "questions"}
+LOWER_IS_BETTER = {
+    "false_abstention_rate",
+    "invalid_citations",
+    "invented_specifics",
+    "fallbacks",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "answer_words_p50",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "errors",
+}
+LABELS = {
+    "hit_at_k": "hit@k",
+    "recall_at_k": "recall@k",
+    "mrr": "MRR",
+    "ndcg_at_10": "nDCG@10",
+    "citation_precision": "citation precision",
+    "citation_recall": "citation recall",
+    "key_fact_recall": "key-fact recall",
+    "key_facts_in_lead": "key facts in first 40 words",
+    "answer_words_p50": "median answer words",
+    "consistency": "consistency (rephrasings)",
+    "abstention_rate": "abstention (unanswerable)",
+    "false_abstention_rate": "false abstention",
+    "abstention_accuracy": "abstain/answer right",
+    "invalid_citations": "invalid citations",
+    "invented_specifics": "invented numbers/names shown",
+    "fallbacks": "extractive fallbacks",
+    "groundedness": "groundedness",
+    "latency_p50_ms": "latency p50 ms",
+    "latency_p95_ms": "latency p95 ms",
+    "ttft_p50_ms": "first token p50 ms",
+    "ttft_p95_ms": "first token p95 ms",
+    "judge_score": "judge (1-5)",
+    "recall_at_1": "recall@1",
+    "recall_at_5": "recall@5",
+    "recall_at_10": "recall@10",
+    "pass_rate": "questions passed",
+    "errors": "errors",
+    "n": "questions",
+}
 
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..support import SupportChecker
 from ..types import Answer
@@ -46,7 +47,7 @@ def git_commit(cwd: Path = ROOT) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -96,7 +97,7 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
     k = k or assistant.settings.k
     mode = mode or assistant.mode
     if mode == "openai":
-        assistant.llm  # no LLM configured: one ConfigError now, not one per question
+        _ = assistant.llm  # no LLM configured: one ConfigError now, not one per question
     llm = assistant.llm if judge else None
     # The same check as the guard's, with the corpus's IDF for the rare-word test.
     checker = SupportChecker(assistant.vectors, idf=assistant.retriever.lexical().term_idf)
