@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .chunking import ABBREV_END
-from .citations import MARKER, MARKER_PATTERN
+from .citations import MARKER, MARKER_PATTERN, defuse_markers
 from .types import Answer, Context
 
 SUPPORT_COSINE = 0.6  # max cosine between the sentence and one abstract sentence
@@ -267,7 +267,8 @@ def missing_specifics(sentence: str, evidence: Sequence[str]) -> list[str]:
     wanted = specifics(sentence)
     if not wanted:
         return []
-    idx = _evidence_index(" \n ".join(evidence))
+    # An abstract's own "[11]" is shown defused as "(11)" (citations.defuse_markers): the same number.
+    idx = _evidence_index(" \n ".join(defuse_markers(e) for e in evidence))
     missing = []
     for s in wanted:
         ok = _has_number(idx, s.value, s.unit) if s.value is not None else _has_name(idx, s.name or "")
