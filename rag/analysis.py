@@ -270,15 +270,34 @@ class Analyzer:
                                 terms=tuple(content_terms(question)), names=tuple(names))
 
 
+_NAME_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]")
+
+
+def name_spellings(text: str) -> tuple[dict[str, str], set[str]]:
+    """What one text contributes to `corpus_names`: its name-shaped words without digits
+    (lower-cased -> the first spelling in the text) and the words it writes in lower case."""
+    names: dict[str, str] = {}
+    plain: set[str] = set()
+    for tok in _NAME_TOKEN.findall(text):
+        if tok.isalpha() and tok.islower():  # the common case, never a name shape
+            plain.add(tok)
+        elif _is_name_shape(tok) and not any(ch.isdigit() for ch in tok):
+            names.setdefault(tok.lower(), tok)
+        elif tok.islower():
+            plain.add(tok)
+    return names, plain
+
+
 def corpus_names(texts: Iterable[str]) -> dict[str, str]:
     """Lower-cased word -> its spelling, for every word the corpus only ever writes as a
-    name ('lfw' -> 'LFW'; not 'face', which it also writes as a word)."""
+    name ('lfw' -> 'LFW'; not 'face', which it also writes as a word). The spelling is
+    the first one in corpus order. (An index keeps this map on disk, built incrementally
+    from `name_spellings`: see `rag.lexicon`.)"""
     out: dict[str, str] = {}
     plain: set[str] = set()
     for text in texts:
-        for tok in re.findall(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]", text):
-            if _is_name_shape(tok) and not any(ch.isdigit() for ch in tok):
-                out.setdefault(tok.lower(), tok)
-            elif tok.islower():
-                plain.add(tok)
+        names, words_ = name_spellings(text)
+        for low, spelled in names.items():
+            out.setdefault(low, spelled)
+        plain |= words_
     return {k: v for k, v in out.items() if k not in plain}

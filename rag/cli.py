@@ -29,6 +29,10 @@ def _assistant(args):
     if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
     settings = load_settings(**overrides)  # before the heavy imports: a bad value fails fast
+    if settings.embeddings == "onnx" and getattr(args, "func", None) is not cmd_papers:
+        from .minilm import load_async
+
+        load_async(settings.embedding_threads)  # the model loads on a thread while Chroma is imported and opened
 
     from .assistant import Assistant
 

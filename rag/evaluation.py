@@ -922,8 +922,8 @@ def cli(args) -> int:
                            "Set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server); "
                            "the judge uses RAG_LLM_MODEL. Answers can still come from --mode extractive.") from None
     a.ensure_index(progress=_progress())
-    indexed = set(a.store.all_papers())
-    missing = sorted({g for q in questions for g in q.gold} - indexed)
+    gold = {g for q in questions for g in q.gold}
+    missing = sorted(gold - a.store.existing_ids(gold))
     if missing:
         print(f"warning: {len(missing)} gold paper(s) are not in the index at {a.store.location} "
               f"(e.g. {missing[0]}); retrieval scores will be low. The set is written for the bundled "

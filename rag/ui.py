@@ -63,6 +63,8 @@ UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv"]
 MAX_TABLE_ROWS = 200
 LLM_HINT = ("To answer with an LLM, set OPENAI_API_KEY (or OPENAI_BASE_URL=http://localhost:8000/v1 "
             "for a local OpenAI-compatible server) and restart.")
+LOCAL_HINT = ("For a small model on this machine (the 'local' mode), run `make install-local` once "
+              "(it compiles llama.cpp: about 10 minutes on 2 cores) and restart.")
 
 CSS = """
 #rag-mode { font-size: 0.95em; }
@@ -246,7 +248,10 @@ def mode_html(assistant, mode: str) -> str:
     elif mode == "local":
         hint = "A small model on this machine writes the answer from the chosen passages. " + LLM_HINT
     else:
-        hint = LLM_HINT if "openai" not in assistant.available_modes() else "An LLM is configured: pick 'openai' under Settings."
+        modes = assistant.available_modes()
+        hint = LLM_HINT if "openai" not in modes else "An LLM is configured: pick 'openai' under Settings."
+        if "local" not in modes:
+            hint += " " + LOCAL_HINT
     return (f'<div class="rag-mode"><p class="rag-mode-line"><strong>{esc(line)}</strong></p>'
             f'<p class="rag-mode-hint">{esc(hint)}</p></div>')
 
