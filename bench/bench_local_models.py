@@ -76,16 +76,14 @@ def _evidence(papers, question: str, per_paper: int = 1) -> dict[int, str]:
 
 def build_messages(question: str, evidence: bool) -> list[dict]:
     from rag.generation import format_sources
-    from rag.prompting import load_prompt, render
-    from rag.types import ABSTAIN_TEXT
+    from rag.modes import answer_prompt
 
     papers = _papers()
     contexts = _contexts(papers)
     sources = format_sources(contexts, _evidence(papers, question) if evidence else None)
-    system = load_prompt("answer_local_system", {"abstain_text", "max_sentences"}).format(
-        abstain_text=ABSTAIN_TEXT, max_sentences=6)
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": render("answer_user", sources=sources, question=question)}]
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    return [{"role": roles[m.type], "content": str(m.content)}
+            for m in answer_prompt().format_messages(sources=sources, question=question)]
 
 
 def _perf(llm) -> dict:

@@ -96,9 +96,10 @@ def _print_answer(answer, streamed: bool, evidence: bool = True) -> None:
         print(f"\nnote: {answer.meta['notice']}")
     if answer.meta.get("uncited"):
         print("\nnote: this answer cites no paper, so it could not be checked against the abstracts")
-    if answer.meta.get("fallback"):
-        print(f"\nnote: the local model's sentences were not supported by the sources; "
-              f"showing the {answer.meta['fallback']} answer")
+    from .guard import guard_note
+
+    if note := guard_note(answer.meta):
+        print(f"\nnote: {note}")
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two runs")
     p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge (needs an LLM)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="ask for whole answers (one plain request to the LLM per question) instead of streaming")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("fit", help="fit the offline answerer's thresholds by cross-validation on eval/")

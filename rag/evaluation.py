@@ -20,6 +20,10 @@ Metric definitions (all in [0, 1] unless noted; None = not applicable):
   `false_abstention_rate` on answerable ones (lower is better);
 - `groundedness`, every non-abstained answer: share of its sentences that cite a paper
   supporting them (`support()`), averaged over answers;
+- `invented_specifics`: sentences shown that state a number (with its unit) or a name that
+  the papers they cite do not state (summed; the guard of the generative modes keeps it at 0);
+- `fallbacks`: generative answers where no model sentence survived the guard and the
+  extractive answer was shown;
 - latency (ms, client side, the whole run): p50/p95 of the time to the final answer
   and to the first streamed text.
 """
@@ -52,16 +56,17 @@ SCHEMA_VERSION = 1
 # The headline metrics, in report order; `LOWER_IS_BETTER` flips the sign of "better".
 HEADLINE = ["hit_at_k", "recall_at_k", "mrr", "ndcg_at_10", "citation_precision", "citation_recall",
             "key_fact_recall", "key_facts_in_lead", "answer_words_p50", "consistency", "abstention_rate",
-            "false_abstention_rate", "invalid_citations", "groundedness", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms"]
+            "false_abstention_rate", "invalid_citations", "invented_specifics", "groundedness", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms"]
 RETRIEVAL_HEADLINE = ["recall_at_1", "recall_at_5", "recall_at_10", "mrr", "ndcg_at_10",
                       "latency_p50_ms", "latency_p95_ms"]
-LOWER_IS_BETTER = {"false_abstention_rate", "invalid_citations", "latency_p50_ms", "latency_p95_ms", "answer_words_p50",
+LOWER_IS_BETTER = {"false_abstention_rate", "invalid_citations", "invented_specifics", "fallbacks", "latency_p50_ms", "latency_p95_ms", "answer_words_p50",
                    "ttft_p50_ms", "ttft_p95_ms", "errors"}
 LABELS = {"hit_at_k": "hit@k", "recall_at_k": "recall@k", "mrr": "MRR", "ndcg_at_10": "nDCG@10",
           "citation_precision": "citation precision", "citation_recall": "citation recall",
           "key_fact_recall": "key-fact recall", "key_facts_in_lead": "key facts in first 40 words",
           "answer_words_p50": "median answer words", "consistency": "consistency (rephrasings)", "abstention_rate": "abstention (unanswerable)",
-          "false_abstention_rate": "false abstention", "abstention_accuracy": "abstain/answer right", "invalid_citations": "invalid citations",
+          "false_abstention_rate": "false abstention", "abstention_accuracy": "abstain/answer right", "invalid_citations": "invalid citations", "invented_specifics": "invented numbers/names shown",
+          "fallbacks": "extractive fallbacks",
           "groundedness": "groundedness", "latency_p50_ms": "latency p50 ms", "latency_p95_ms": "latency p95 ms",
           "ttft_p50_ms": "first token p50 ms", "ttft_p95_ms": "first token p95 ms", "judge_score": "judge (1-5)",
           "recall_at_1": "recall@1", "recall_at_5": "recall@5", "recall_at_10": "recall@10",
@@ -275,6 +280,11 @@ def grade(q: Question, a: Answer, k: int, ranking: Sequence[str] | None = None,
         g = support.check(a)
         row["groundedness"] = g["groundedness"]
         row["sentences"] = g["sentences"]
+        row["invented_specifics"] = g["invented"]
+    if isinstance(a.meta.get("guard"), dict):
+        row["guard"] = a.meta["guard"]
+    if a.meta.get("fallback"):
+        row["fallback"] = a.meta["fallback"]
     if not q.answerable:
         row["correct_abstention"] = a.abstained
         return row
@@ -399,6 +409,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "false_abstention_rate": _mean(r["abstained"] for r in ans) if ans else None,
         "abstention_accuracy": _mean(bool(r["abstained"]) != bool(r.get("gold")) for r in ok) if ok else None,
         "invalid_citations": sum(int(r.get("invalid_citations") or 0) for r in ok),
+        "invented_specifics": sum(int(r.get("invented_specifics") or 0) for r in ok),
         "groundedness": _mean(r.get("groundedness") for r in ok),
         "latency_p50_ms": _pct((r.get("total_ms") for r in ok), 50),
         "latency_p95_ms": _pct((r.get("total_ms") for r in ok), 95),
@@ -406,6 +417,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "ttft_p95_ms": _pct((r.get("first_token_ms") for r in ok), 95),
         "pass_rate": _mean(bool(r.get("passed")) for r in rows) if rows else None,
     }
+    guarded = [r["guard"] for r in ok if isinstance(r.get("guard"), dict)]
+    if guarded:  # a generative mode: what its guard did, summed over answers
+        s["fallbacks"] = sum(1 for r in ok if r.get("fallback"))
+        s["guard"] = {k: sum(int(g.get(k, 0)) for g in guarded)
+                      for k in ("kept", "dropped", "flagged", "attributed", "recited", "invented")}
     judged = [r.get("judge_score") for r in ok if r.get("judge_score") is not None]
     if judged or any("judge_score" in r for r in rows):
         s["judge_score"] = _mean(judged)
@@ -490,8 +506,9 @@ def _meta(assistant, mode: str, k: int, n: int, concurrency: int, started: str, 
 
 def run(assistant, questions: Sequence[Question], k: int | None = None, mode: str | None = None,
         limit: int | None = None, concurrency: int = 1, progress: bool = True, judge: bool = False,
-        source: str | None = None) -> dict[str, Any]:
-    """Ask every question, grade it, summarise overall and by type."""
+        source: str | None = None, stream: bool = True) -> dict[str, Any]:
+    """Ask every question, grade it, summarise overall and by type. `stream=False` asks
+    with `Assistant.ask` (one plain request to a chat model; first token = the whole answer)."""
     from .errors import RagError
 
     questions = list(questions)[:limit] if limit else list(questions)
@@ -500,7 +517,8 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
     if mode == "openai":
         assistant.llm  # no LLM configured: one ConfigError now, not one per question
     llm = assistant.llm if judge else None
-    checker = SupportChecker(assistant.store.embedder.embed)
+    # The same check as the guard's, with the corpus's IDF for the rare-word test.
+    checker = SupportChecker(assistant.store.embedder.embed, idf=assistant.retriever.lexical().term_idf)
     started, t0 = _now(), time.perf_counter()
 
     def one(q: Question) -> dict[str, Any]:
@@ -509,12 +527,15 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
             t_start = time.perf_counter()
             first = None
             answer: Answer | None = None
-            for piece in assistant.stream(q.question, k=k, mode=mode):
-                if isinstance(piece, str):
-                    if first is None and piece:
-                        first = time.perf_counter()
-                else:
-                    answer = piece
+            if stream:
+                for piece in assistant.stream(q.question, k=k, mode=mode):
+                    if isinstance(piece, str):
+                        if first is None and piece:
+                            first = time.perf_counter()
+                    else:
+                        answer = piece
+            else:
+                answer = assistant.ask(q.question, k=k, mode=mode)
             t_end = time.perf_counter()
             assert answer is not None
             ranking = None
@@ -542,7 +563,8 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
         rows = _map(one, questions, max(1, concurrency), bar)
     out = _meta(assistant, mode, k, len(questions), concurrency, started, t0, source, "qa")
     out["judge"] = bool(judge)
-    out["support_thresholds"] = {"cosine": checker.cosine, "overlap": checker.overlap}
+    out["stream"] = bool(stream)
+    out["support_thresholds"] = checker.thresholds()
     out["summary"] = {"overall": summarise(rows), "by_type": _by_type(rows, summarise)}
     if len({r.get("style") for r in rows}) > 1:
         out["summary"]["by_style"] = _by_type(rows, summarise, key="style")
@@ -929,5 +951,5 @@ def cli(args) -> int:
               f"(e.g. {missing[0]}); retrieval scores will be low. The set is written for the bundled "
               f"corpus: `rag ingest --bundled`.", file=sys.stderr)
     result = run(a, questions, k=args.k, mode=args.mode, limit=args.limit, concurrency=concurrency,
-                 judge=args.judge, source=str(set_path))
+                 judge=args.judge, source=str(set_path), stream=not getattr(args, "no_stream", False))
     return _report(result, args)

@@ -37,8 +37,10 @@ GRID: dict[str, list[float]] = {
 MAX_FALSE_ABSTENTION = 0.02
 BUDGET_GRID: dict[str, list[float]] = {
     "extra_sentence_min": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7],
-    "answer_words": list(range(30, 85, 5)),
-    "paper_words": list(range(15, 45, 5)),
+    # A list or comparison stays one line per paper: at most a couple of sentences each.
+    "word_budget.one": list(range(20, 110, 5)),
+    "word_budget.list": list(range(15, 55, 5)),
+    "word_budget.comparison": list(range(15, 75, 5)),
 }
 MAX_MEDIAN_WORDS = 55
 
@@ -65,7 +67,7 @@ def collect(assistant, questions: Sequence[Any], progress: bool = True) -> list[
     cases = []
     for q in tqdm(questions, desc="Scoring", disable=not progress, unit="q"):
         r = assistant.retrieve(q.question)
-        assistant._refresh_names(r.revision)
+        assistant.refresh_names(r.revision)
         qa = ex.analyzer.analyse(q.question)
         cands = ex.planner.candidates(qa, r.contexts, r.idf, r.query_vec, quantities=True)
         cases.append(Case(q.id, q.id.split("-")[0], q.question, q.type, frozenset(q.gold), tuple(q.key_facts),
@@ -240,6 +242,14 @@ def answer_metrics(cases: Sequence[Case], config: AnswerConfig, kinds: dict[str,
             "median_words": float(np.median(lengths)) if lengths else 0.0}
 
 
+def _with(config: AnswerConfig, name: str, value: float) -> AnswerConfig:
+    """A copy with one setting changed; 'word_budget.list' names one entry of a dict setting."""
+    field, _, key = name.partition(".")
+    if key:
+        return config.model_copy(update={field: {**getattr(config, field), key: value}})
+    return config.model_copy(update={name: value})
+
+
 def fit_budget(cases: Sequence[Case], config: AnswerConfig, kinds: dict[str, str]) -> AnswerConfig:
     """How many sentences an answer quotes: the most key facts (anywhere and in the first 40
     words) with the median answer within MAX_MEDIAN_WORDS."""
@@ -251,7 +261,7 @@ def fit_budget(cases: Sequence[Case], config: AnswerConfig, kinds: dict[str, str
     for _ in range(2):
         for name, values in BUDGET_GRID.items():
             for v in values:
-                trial = config.model_copy(update={name: v})
+                trial = _with(config, name, v)
                 s = score(trial)
                 if s > best + 1e-9:
                     best, config = s, trial

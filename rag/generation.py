@@ -3,13 +3,14 @@
 `ExtractiveAnswerer` is the offline default: it quotes the abstract sentences that
 best answer the question, names each paper and cites it, so it can never say more
 than the papers do. It abstains when the evidence does not cover the question.
-`llm_from_settings` builds the chat model for the `openai` mode; the chain around it
-lives in the assistant.
+`llm_from_settings` builds the chat model for the `openai` mode and `llm_errors` turns its
+failures into one `LLMError`; the chains around the chat models live in `rag/modes.py`.
 """
 
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -18,16 +19,18 @@ import numpy as np
 from .analysis import Analyzer
 from .citations import defuse_markers
 from .composition import compose
-from .errors import ConfigError
+from .errors import ConfigError, LLMError
 from .planning import AnswerPlan, Planner
-from .settings import Settings
+from .settings import Settings, redact_url
 from .types import ABSTAIN_TEXT, Context, Evidence
 
 
 @dataclass
 class Draft:
     """An answer before citation checking: text with `[n]` markers. `contexts` replaces the
-    retrieved ones when the answerer renumbered them (markers in reading order)."""
+    retrieved ones when the answerer renumbered them (markers in reading order); `invalid`
+    counts markers pointing at no retrieved paper that were removed before the text was
+    released (the guard of the generative modes does that sentence by sentence)."""
 
     text: str
     abstained: bool
@@ -35,6 +38,7 @@ class Draft:
     meta: dict = field(default_factory=dict)
     evidence: list[Evidence] = field(default_factory=list)
     contexts: list[Context] | None = None
+    invalid: int = 0
 
 
 def renumber(contexts: list[Context], first: list[int]) -> tuple[list[Context], dict[int, int]]:
@@ -113,3 +117,22 @@ def llm_from_settings(settings: Settings, streaming: bool = True):
                       temperature=settings.temperature, max_tokens=settings.llm_max_tokens,
                       timeout=settings.request_timeout,
                       max_retries=settings.max_retries, streaming=streaming)
+
+
+@contextmanager
+def llm_errors(settings: Settings):
+    """Every way a chat-model call fails becomes one LLMError with a hint."""
+    import openai
+
+    try:
+        yield
+    except openai.APITimeoutError:
+        raise LLMError(f"the language model did not answer within {settings.request_timeout:.0f}s") from None
+    except openai.RateLimitError:
+        raise LLMError("the language model server is rate limiting requests (HTTP 429); try again shortly") from None
+    except openai.APIConnectionError:
+        raise LLMError(f"cannot reach the language model at {redact_url(settings.openai_base_url or 'api.openai.com')}") from None
+    except openai.APIStatusError as exc:
+        raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
+    except (openai.OpenAIError, ValueError) as exc:
+        raise LLMError(f"the language model sent a reply that could not be read ({type(exc).__name__})") from None

@@ -242,11 +242,15 @@ class Planner:
         top_lex = max((c.lexical for c in contexts), default=0.0) or 1.0
         top_fused = max((c.score for c in contexts), default=0.0) or 1.0
         q = qa.question.lower()
+        ordered = sorted(contexts, key=lambda x: -x.score)
+        split = [split_sentences(c.abstract) or [c.abstract] for c in ordered]
+        flat = [t for texts in split for t in texts]
+        cos = self.vectors(flat) @ qvec if flat else np.zeros(0)  # one batch for every paper
         out = []
-        for rank, c in enumerate(sorted(contexts, key=lambda x: -x.score), 1):
-            texts = split_sentences(c.abstract) or [c.abstract]
-            vecs = self.vectors(texts)
-            sents = [Sentence(c.n, i, t, float(v @ qvec)) for i, (t, v) in enumerate(zip(texts, vecs))]
+        start = 0
+        for rank, (c, texts) in enumerate(zip(ordered, split), 1):
+            sents = [Sentence(c.n, i, t, float(cos[start + i])) for i, t in enumerate(texts)]
+            start += len(texts)
             title_terms = set(terms(c.title))
             focus = {t: w for t, w in weights.items() if t not in title_terms}
             sentence_features(qa, sents, weights, focus)
@@ -312,10 +316,10 @@ class Planner:
 
 def evidence_for(qa: QuestionAnalysis, chosen: list[Candidate], config: AnswerConfig) -> list[PaperEvidence]:
     """The sentences each chosen paper contributes, most probable first, within a word budget:
-    `answer_words` for a one-paper answer, `paper_words` per paper in a list or comparison.
+    for a one-paper answer, or per paper in a list or a comparison.
     A numeric answer leads with a sentence that states a number about the asked-for quantity."""
     several = len(chosen) > 1
-    budget = config.paper_words if several else config.answer_words
+    budget = config.word_budget[("comparison" if qa.answer_type == "comparison" else "list") if several else "one"]
     out = []
     for cand in chosen:
         ranked = sorted(cand.sentences, key=lambda s: -s.probability)

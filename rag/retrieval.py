@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class Retrieval:
     idf: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     revision: str = ""  # the index revision the contexts were read at
+    term_idf: Callable[[str], float] | None = None  # any term's IDF over the whole corpus (BM25's)
 
 
 class Retriever:
@@ -108,7 +109,7 @@ class Retriever:
         timings["fuse_ms"] = (time.perf_counter() - t3) * 1000
         timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
         idf = lex.idf_of(qterms)
-        return Retrieval(question, contexts, qvec, idf, timings, revision=rev)
+        return Retrieval(question, contexts, qvec, idf, timings, revision=rev, term_idf=lex.term_idf)
 
     def _diversify(self, candidates: list[str], fused: dict[str, float], k: int) -> list[str]:
         """Maximal marginal relevance over paper vectors; lambda=1 keeps the fused order."""

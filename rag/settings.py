@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, ge=50, description="Longer questions are truncated (with a notice).")
     answer_config: Path | None = Field(None, description="JSON file of the extractive planner's fitted thresholds and weights (default: the one shipped in rag/data, written by `rag fit`).")
     max_sentences: int = Field(6, ge=1, le=20, description="Most sentences the extractive answer quotes from one paper (fewer per paper when it cites several).")
+    guard: Literal["auto", "strict", "flag", "off"] = Field("auto", description="What the generative modes (local, openai) do with a sentence no retrieved paper supports (offline support check): 'strict' drops it, 'flag' shows it marked '(unverified)', 'off' shows it unchecked; 'auto' = strict for local, flag for openai. A sentence stating a number or name that its sources do not is dropped under every policy.")
 
     # LLM (openai mode)
     llm_model: str = Field("gpt-4o-mini", description="Chat model name for the 'openai' mode.")

@@ -60,8 +60,10 @@ class AnswerConfig(BaseModel):
     sentence_bias: float = Field(-3.0, description="Bias of that logistic model.")
     extra_sentence_min: float = Field(0.3, description="A paper's second and later sentences join the answer only "
                                       "with at least this probability ...")
-    answer_words: int = Field(55, description="... and while a one-paper answer stays within this many words ...")
-    paper_words: int = Field(25, description="... or each paper of a list or comparison within this many.")
+    word_budget: dict[str, int] = Field(
+        default_factory=lambda: {"one": 55, "list": 40, "comparison": 40},
+        description="... and while the answer stays within this many words: 'one' for a one-paper answer, "
+                    "'list' and 'comparison' per paper.")
     cv: dict[str, float] = Field(default_factory=dict, description="Cross-validated figures of this fit "
                                  "(written by `rag fit`, informational).")
 

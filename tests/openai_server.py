@@ -19,7 +19,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering
     headers: dict = field(default_factory=dict)
     body: bytes | None = None  # raw body (e.g. malformed JSON)
-    cut_stream_after: int | None = None  # close the SSE stream after N chunks
+    cut_stream_after: int | None = None  # close the SSE stream after N chunks (a plain reply: after half its body)
 
 
 class OpenAIServer:
@@ -97,6 +97,16 @@ class OpenAIServer:
                         "index": 0, "finish_reason": "stop",
                         "message": {"role": "assistant", "content": text}}],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+                    if fault.cut_stream_after is not None:  # a plain reply cut off: half the promised body
+                        data = json.dumps(payload).encode()
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        self.connection.shutdown(2)
+                        return
                     return self._send(200, json.dumps(payload).encode())
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")

@@ -149,11 +149,19 @@ def test_ask_endpoint_equals_rag_ask_json(api_url, index_copy):
     # Scores may differ in the third decimal between processes (ONNX reductions on threads).
     for key in set(want) - {"timings_ms", "retrieved", "citations"}:
         assert got[key] == want[key], key
-    for key in ("retrieved", "citations"):
-        assert len(got[key]) == len(want[key]), key
-        for g, w in zip(got[key], want[key]):
-            assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in w.items() if k != "score"}
-            assert abs(g["score"] - w["score"]) < 0.02, key
+    # ...and a query embedded in a different batch shifts them too, so papers whose scores nearly tie may trade
+    # places (or the last place) in the retrieved list between processes. The cited papers must not change.
+    assert len(got["citations"]) == len(want["citations"])
+    for g, w in zip(got["citations"], want["citations"]):
+        assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in w.items() if k != "score"}
+        assert abs(g["score"] - w["score"]) < 0.02
+    got_by = {r["paper_id"]: r for r in got["retrieved"]}
+    want_by = {r["paper_id"]: r for r in want["retrieved"]}
+    assert got["retrieved"][0]["paper_id"] == want["retrieved"][0]["paper_id"]
+    assert len(got_by.keys() ^ want_by.keys()) <= 2
+    for pid in got_by.keys() & want_by.keys():
+        g, w = got_by[pid], want_by[pid]
+        assert g["title"] == w["title"] and abs(g["score"] - w["score"]) < 0.02
     assert got["citations"][0]["paper_id"] == ADA_ID and len(got["retrieved"]) == 4
 
 
@@ -290,9 +298,13 @@ def test_streamed_llm_text_equals_the_checked_answer(built_index):
             plain = c.chat.completions.create(model="paper-rag", messages=[{"role": "user", "content": ADA}])
             content, chunks = _stream(c, model="paper-rag", messages=[{"role": "user", "content": ADA}])
     text = plain.choices[0].message.content
-    assert text.startswith("Ada-NETS clusters faces [1]. It builds clean graphs. See [1][2] and [3].")
+    # [9] pointed nowhere: removed, then the guard cites the paper that supports the sentence;
+    # "See ..." states nothing any paper supports: the openai mode's default guard flags it.
+    assert text.startswith("Ada-NETS clusters faces [1]. It builds clean graphs [1]. See [1][2] and [3] (unverified).")
     assert plain.paper_rag["invalid_citations"] == 1
-    assert content == text and len(chunks) > 5  # streamed word by word, not in one piece
+    assert plain.paper_rag["meta"]["guard"]["attributed"] == 1 and plain.paper_rag["meta"]["guard"]["flagged"] == 1
+    texts = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert content == text and len(texts) >= 4  # streamed sentence by sentence (then the references), not in one piece
 
 
 # --- LangChain ---------------------------------------------------------------------------------------
@@ -416,8 +428,8 @@ def test_unreachable_llm_is_502(built_index):
 
 
 def test_stream_cut_mid_answer_ends_with_an_error_event(built_index):
-    with OpenAIServer("one two three four five six seven eight [1].") as srv:
-        srv.faults = [Fault(cut_stream_after=3)]
+    with OpenAIServer("Ada-NETS clusters faces with clean graphs [1]. one two three four five six [1].") as srv:
+        srv.faults = [Fault(cut_stream_after=8)]  # the first sentence is out, the second is cut
         a = Assistant(Settings(data_dir=built_index, openai_base_url=srv.base_url, max_retries=0))
         with serve_api(a) as url:
             c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)

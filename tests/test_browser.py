@@ -375,3 +375,75 @@ def test_login_is_required_when_configured(built_index, page):
         assert "[1]" in page.locator("#rag-chat").inner_text()
         client = Client(url, auth=("alice", "wonderland"), verbose=False, download_files=False)
         assert client.predict(question="Which paper clusters faces?", api_name="/ask")["citations"]
+
+
+def test_markers_lead_to_their_own_answers_sources(assistant, page):
+    """Each answer keeps its sources: an older [n] opens that answer's card, scrolls to it and
+    flashes it; the evidence sits under the answer, collapsed; the landing page says what the
+    corpus is; a new answer hides the previous export."""
+    with serve_app(assistant) as url:
+        open_app(page, url)
+        overview = page.locator("#rag-overview").inner_text()
+        assert f"{assistant.count()} papers indexed" in overview and "Frequent title words" in overview
+        ask(page, "What accuracy does FaceNet reach on LFW?")
+        wait_answer(page, 1)
+        page.locator("#rag-export").click()
+        page.wait_for_selector("#rag-export-md")
+        ask(page, "Which paper clusters faces by building clean graphs for GCNs?")
+        wait_answer(page, 2)
+        assert not page.locator("#rag-export-md").is_visible()  # no stale export of the first answer
+        # both answers' cards exist; the first answer's sit in a collapsed section
+        assert page.locator("#rag-src-2-1").count() == 1 and page.locator("#rag-src-1-1").count() == 1
+        earlier = page.locator("#rag-sources details.rag-earlier")
+        assert earlier.count() == 1 and earlier.get_attribute("open") is None
+        assert "facenet" in page.locator("#rag-src-1-1").get_attribute("data-paper-id")
+        # the first answer's marker opens its section and flashes FaceNet's card
+        first_marker = page.locator('#rag-chat a[href="#rag-src-1-1"]').first
+        first_marker.click()
+        page.wait_for_function("() => document.querySelector('#rag-src-1-1').classList.contains('rag-flash')")
+        assert earlier.get_attribute("open") is not None
+        assert page.url.endswith("/")  # the link did not navigate away
+        # the evidence: a collapsed block under each answer, quoting the abstract
+        chat_text = page.locator("#rag-chat").inner_text()
+        assert "Evidence:" in chat_text
+        assert "99.63%" in chat_text
+
+
+def test_followup_offers_to_search_all_papers(assistant, page):
+    with serve_app(assistant) as url:
+        open_app(page, url)
+        ask(page, "What accuracy does FaceNet reach on LFW?")
+        wait_answer(page, 1)
+        assert not page.locator("#rag-search-all").is_visible()
+        ask(page, "and what datasets did it use?")
+        wait_answer(page, 2)
+        assert page.locator("#rag-search-all").is_visible()
+        assert "searched only in the papers cited before" in page.locator("#rag-chat").inner_text()
+        page.locator("#rag-search-all").click()
+        wait_answer(page, 3)
+        last_user = page.locator("#rag-chat .user-row").last.inner_text()
+        assert "and what datasets did it use?" in last_user
+        assert not page.locator("#rag-search-all").is_visible()
+
+
+def test_on_a_phone_the_sources_sit_under_the_answer(assistant, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    try:
+        with serve_app(assistant) as url:
+            open_app(pg, url)
+            ask(pg, "What accuracy does FaceNet reach on LFW?")
+            wait_answer(pg, 1)
+            chat = pg.locator("#rag-chat").bounding_box()
+            sources = pg.locator("#rag-sources").bounding_box()
+            question = pg.locator("#rag-question").bounding_box()
+            settings = pg.get_by_text("Settings").first.bounding_box()
+            assert sources["y"] > chat["y"] + chat["height"] - 5  # below the conversation ...
+            assert sources["y"] < settings["y"]  # ... and before the settings and the rest
+            assert sources["x"] < 40 and sources["width"] > 300  # full width, not a squeezed column
+            ARTIFACTS.mkdir(exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
+            assert question is not None
+    finally:
+        context.close()

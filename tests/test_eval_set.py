@@ -112,3 +112,32 @@ def test_multi_paper_has_several_gold(questions):
     for q in questions:
         if q["type"] == "multi_paper":
             assert len(q["gold"]) >= 2, f"{q['id']}: multi_paper with {len(q['gold'])} gold"
+
+
+# --- the other sets: held-out, blind, and the rephrasings ------------------------------------
+
+@pytest.mark.parametrize("name,prefix", [("heldout", "h"), ("blind", "b")])
+def test_held_out_sets_follow_the_schema(name, prefix, abstracts):
+    rows = _read_jsonl(ROOT / "eval" / f"{name}.jsonl")
+    assert len({r["id"] for r in rows}) == len(rows)
+    for q in rows:
+        assert set(q) == FIELDS and q["id"].startswith(prefix) and q["type"] in TYPES, q.get("id")
+        assert all(g in abstracts for g in q["gold"]), q["id"]
+        assert all(any(f in abstracts[g] for g in q["gold"]) for f in q["key_facts"]), q["id"]
+        assert bool(q["gold"]) == (q["type"] != "unanswerable"), q["id"]
+
+
+def test_every_question_has_four_rephrasings_that_keep_its_answer():
+    sources = {q["id"]: q for name in ("questions", "heldout") for q in _read_jsonl(ROOT / "eval" / f"{name}.jsonl")}
+    rows = _read_jsonl(ROOT / "eval" / "rephrased.jsonl")
+    styles: dict[str, list[str]] = {}
+    for r in rows:
+        src = sources[r["source"]]
+        assert r["id"].startswith(r["source"] + "-"), r["id"]
+        for key in ("type", "gold", "key_facts", "answer"):
+            assert r[key] == src[key], (r["id"], key)
+        assert r["question"].strip() and r["question"] != src["question"], r["id"]
+        styles.setdefault(r["source"], []).append(r["style"])
+    assert set(styles) == set(sources)
+    assert all(sorted(s) == ["casual", "imperative", "keyword", "synonym"] for s in styles.values())
+    assert all("?" not in r["question"] for r in rows if r["style"] in ("keyword", "casual"))

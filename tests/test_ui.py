@@ -139,6 +139,46 @@ def test_chat_text_is_escaped_and_keeps_markers_literal():
     assert "\\[1\\]" in s and "\n\\[2\\]:" in s  # never a Markdown link or link definition
 
 
+def test_chat_text_links_markers_to_their_answers_cards():
+    s = ui.chat_text("Quoted [1] and [12]. <b>x</b>", turn=3)
+    assert "[\\[1\\]](#rag-src-3-1)" in s and "[\\[12\\]](#rag-src-3-12)" in s
+    assert "&lt;b&gt;" in s and "<b>" not in s
+
+
+def test_final_message_shows_the_fallback_notice_and_links_markers():
+    a = make_answer()
+    a.meta["fallback"] = "extractive"
+    msg = ui.final_message(a, "Follow-up: searched as X", turn=2)
+    assert "(#rag-src-2-1)" in msg
+    assert "not supported by the sources" in msg and "extractive answer" in msg
+    assert "Follow-up: searched as X" in msg
+
+
+def test_evidence_is_a_collapsed_message_of_quoted_sentences():
+    from rag.types import Evidence
+
+    a = make_answer()
+    assert ui.evidence_message(a, 1) is None  # nothing to show
+    a.evidence = [Evidence(1, "p1", "Our method builds <clean> graphs.")]
+    m = ui.evidence_message(a, 1)
+    assert m["metadata"]["title"].startswith("Evidence: 1 sentence")
+    assert "(#rag-src-1-1)" in m["content"] and "&lt;clean&gt;" in m["content"]
+
+
+def test_sources_keep_earlier_answers_reachable():
+    first, second = make_answer(), make_answer()
+    html = ui.sources_html(second, None, turn=2, earlier=[(1, first, "a note")])
+    assert 'data-turn="2"' in html and 'id="rag-src-2-1"' in html
+    assert '<details class="rag-earlier" data-turn="1">' in html and 'id="rag-src-1-1"' in html
+    assert html.index('id="rag-src-2-1"') < html.index('id="rag-src-1-1"')  # the latest first
+
+
+def test_landing_page_names_the_corpus_topics(assistant):
+    topics = ui.corpus_topics(p.title for p in assistant.papers())
+    assert "face" in topics and len(topics) >= 5
+    assert "119" in ui.overview_markdown(119, topics)
+
+
 def test_markdown_export_contains_answer_and_references():
     md = ui.answer_markdown(make_answer())
     assert md.startswith("## Which method builds clean graphs?")
