@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
@@ -27,6 +27,7 @@ __all__ = ["MAX_TOKENS", "ONNX_MODEL_ID", "CachedEmbedder", "EmbeddingCache", "O
 
 log = logging.getLogger(__name__)
 ONNX_MODEL_ID = "all-MiniLM-L6-v2@onnx-int8"
+TOKEN_BUDGET = 2048  # padded tokens per ONNX batch (32 rows of 64 wordpieces, 8 of 256)
 _TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json",
                     "tokenizer.json", "vocab.txt")
 
@@ -109,8 +110,7 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
         encodings = self.tokenizer.encode_batch(list(texts))
         order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in self._batches(order, [len(e.ids) for e in encodings]):
             width = max(len(encodings[i].ids) for i in idx)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -129,6 +129,18 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+    def _batches(self, order: np.ndarray, lengths: list[int]) -> Iterator[np.ndarray]:
+        """Rows in length order, at most `batch_size` per batch and at most TOKEN_BUDGET padded
+        tokens: ONNX Runtime keeps the memory of its largest batch (attention grows with rows x
+        width^2), so a batch of long texts is cut short instead of pushing RSS up for good."""
+        start = 0
+        while start < len(order):
+            stop = min(len(order), start + self.batch_size)
+            while stop - start > 1 and (stop - start) * lengths[order[stop - 1]] > TOKEN_BUDGET:
+                stop -= 1
+            yield order[start:stop]
+            start = stop
 
 
 class OpenAIEmbedder:

@@ -1,4 +1,6 @@
 """The Chroma index: one collection of chunks, one of papers, and the lexicon beside them.
+Writing lives in `rag.ingest`, the lexicon's upkeep in `rag.lexicon_sync`, opening Chroma in
+`rag.chroma_client`; `PaperStore` brings them together.
 
 The paper record is written after its chunks and lists their ids, so it doubles as a
 commit marker: a paper without a record is redone on the next ingest, and chunks no
@@ -23,84 +25,36 @@ and readers reopen when it moved or when a read fails that way (`sync`, `_read`)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
-from urllib.parse import urlparse
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .chroma_client import check_index_file, make_client
 from .chunking import Chunker
 from .corpus import abstract_key, normalise_title
 from .embeddings import MAX_TOKENS, CachedEmbedder, EmbeddingCache, get_embedder
-from .errors import (ConfigError, DataDirError, IndexBusyError, IndexCorruptError, IndexMismatchError,
-                     IndexMissingError)
+from .errors import IndexCorruptError, IndexMismatchError, IndexMissingError
 from .index_state import IndexState, read_generation, read_marker
-from .lexicon import CorpusNames, LexicalIndex, Lexicon
+from .ingest import (ID_PAGE, PAGE, WINDOW_BATCHES, IngestIssue, IngestMixin, IngestReport, ProgressFactory,
+                     _pages, content_hash)
+from .lexicon import Lexicon
+from .lexicon_sync import LexiconSync, PaperList
 from .locking import WriteLock
-from .settings import Settings, redact_url
-from .types import Chunk, Paper
+from .settings import Settings
+from .types import Paper
+
+__all__ = ["ChunkHit", "IngestIssue", "IngestReport", "PaperList", "PaperRecord", "PaperStore", "check_index_file",
+           "content_hash", "make_client", "ID_PAGE", "PAGE", "WINDOW_BATCHES"]
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-PAGE = 2000  # records per page when a scan cannot be avoided
-ID_PAGE = 500  # ids or keys per `get(ids=...)` / `$in` lookup
-WINDOW_BATCHES = 32  # ingest embeds up to this many embedding batches of chunks at once, sorted by length
-ProgressFactory = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class IngestIssue:
-    """An incoming paper that was not written: it would have replaced another paper
-    (`conflict`: same id, another title) or it is already indexed (`duplicate`)."""
-
-    kind: Literal["conflict", "duplicate"]
-    paper_id: str
-    title: str
-    indexed_id: str
-    indexed_title: str
-
-    def describe(self) -> str:
-        if self.kind == "conflict":
-            return (f"id '{self.paper_id}' is already used by '{self.indexed_title[:70]}'; "
-                    f"'{self.title[:70]}' was not indexed (nothing was replaced; --replace replaces it)")
-        return (f"'{self.title[:70]}' is already indexed as '{self.indexed_id}'"
-                + (f" ('{self.indexed_title[:60]}')" if self.indexed_title != self.title else "")
-                + "; stored once")
-
-
-@dataclass
-class IngestReport:
-    papers_in: int = 0
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    chunks_embedded: int = 0
-    chunks_reused: int = 0
-    chunks_deleted: int = 0
-    seconds: float = 0.0
-    conflicts: list[IngestIssue] = field(default_factory=list)
-    duplicates: list[IngestIssue] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.updated or self.chunks_deleted)
-
-    def summary(self) -> str:
-        skipped = ""
-        if self.duplicates or self.conflicts:
-            skipped = (f", {len(self.duplicates)} already indexed, "
-                       f"{len(self.conflicts)} conflict{'s' if len(self.conflicts) != 1 else ''}")
-        return (f"{self.papers_in} papers: {len(self.added)} added, {len(self.updated)} updated, "
-                f"{self.unchanged} unchanged{skipped}; {self.chunks_embedded} chunks embedded, "
-                f"{self.chunks_deleted} removed in {self.seconds:.1f}s")
 
 
 @dataclass
@@ -112,79 +66,6 @@ class ChunkHit:
     score: float
 
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def check_index_file(settings: Settings) -> None:
-    """A chroma.sqlite3 that is empty or not SQLite is damage; Chroma would open a 0-byte
-    file as a new, empty index and the papers would be gone without a word."""
-    db = settings.chroma_path / "chroma.sqlite3"
-    try:
-        with db.open("rb") as fh:
-            head = fh.read(len(_SQLITE_HEADER))
-    except FileNotFoundError:
-        return
-    except IsADirectoryError:
-        head = b""
-    except OSError as exc:
-        raise DataDirError.from_os_error(settings.data_dir, exc) from None
-    if head != _SQLITE_HEADER:
-        what = "is empty (0 bytes)" if not head else "is not an SQLite database"
-        raise IndexCorruptError.at(settings.data_dir, f"the index file {db} {what}; the index is damaged")
-
-
-def _forget_cached_client(path: str) -> None:
-    """Chroma shares one client per path within a process; a reopen needs a new one."""
-    try:
-        from chromadb.api.shared_system_client import SharedSystemClient
-
-        with SharedSystemClient._refcount_lock:
-            SharedSystemClient._identifier_to_system.pop(path, None)
-            SharedSystemClient._identifier_to_refcount.pop(path, None)
-    except (ImportError, AttributeError):  # another chromadb layout: the cached client is reused
-        log.debug("cannot drop chromadb's cached client for %s", path)
-
-
-def make_client(settings: Settings):
-    import chromadb
-    import chromadb.errors
-    from chromadb.config import Settings as ChromaSettings
-
-    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=True)
-    if settings.chroma_url:
-        url = urlparse(settings.chroma_url)
-        try:
-            return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
-                                       ssl=url.scheme == "https", settings=chroma_settings)
-        except Exception as exc:  # the client checks the server at construction
-            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} ({type(exc).__name__})",
-                              "Start it with `chroma run --path DIR --port PORT`, or unset RAG_CHROMA_URL "
-                              "to use the embedded store.") from None
-    path = settings.chroma_path
-    check_index_file(settings)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataDirError.from_os_error(settings.data_dir, exc) from None
-    _forget_cached_client(str(path))  # every store gets its own client (see PaperStore.sync)
-    try:
-        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
-    except OSError as exc:
-        raise DataDirError.from_os_error(settings.data_dir, exc) from None
-    except chromadb.errors.ChromaError as exc:
-        text = str(exc)
-        if "readonly" in text or "unable to open" in text:
-            raise DataDirError(f"the index at {path} cannot be opened for writing ({text}); Chroma needs "
-                               f"write access to its folder even to read") from None
-        raise IndexCorruptError.at(settings.data_dir, f"the index at {path} cannot be opened ({text})") from None
-
-
-def content_hash(paper: Paper, chunker_signature: str) -> str:
-    blob = json.dumps([paper.title, paper.abstract, paper.url, list(paper.authors), paper.year,
-                       paper.metadata, chunker_signature], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
 @dataclass
 class PaperRecord:
     """A paper as stored: the paper, the chunk ids its record lists, its content hash."""
@@ -194,7 +75,7 @@ class PaperRecord:
     content_hash: str | None
 
 
-class PaperStore:
+class PaperStore(IngestMixin, LexiconSync):
     def __init__(self, settings: Settings, embedder=None, client=None):
         self.settings = settings
         self.embedder = embedder if embedder is not None else get_embedder(settings)
@@ -463,258 +344,6 @@ class PaperStore:
         report.seconds = time.perf_counter() - start
         return report
 
-    # --- ingest ------------------------------------------------------------
-    def ingest(self, papers: Sequence[Paper], progress: ProgressFactory | None = None,
-               replace_all: bool = False, replace: bool = False, rebuild: bool = False, wait: bool = True,
-               on_wait: Callable[[str], None] | None = None) -> IngestReport:
-        """Add new papers, replace changed ones; unchanged ones cost a hash comparison.
-
-        A paper whose id is taken by an indexed paper with another title is a conflict and is
-        not written unless `replace`; one whose title or abstract is already indexed under
-        another id is a duplicate and is skipped. `rebuild` drops every paper first, within the
-        same write. wait=False raises IndexBusyError if another writer holds the data dir.
-        """
-        start = time.perf_counter()
-        with self.writing(wait=wait, on_wait=on_wait):
-            report = self._ingest_locked(papers, progress, replace_all, replace, rebuild=rebuild)
-        report.seconds = time.perf_counter() - start
-        return report
-
-    def _ingest_locked(self, papers: Sequence[Paper], progress, replace_all: bool, replace: bool,
-                       rebuild: bool = False) -> IngestReport:
-        import chromadb.errors
-
-        try:
-            self._lexicon_begin()
-            if rebuild:
-                self._delete_locked(self._all_ids(self.papers))
-            report = self._ingest(papers, progress, replace_all, replace or replace_all, changed=rebuild)
-            self._lexicon_end()
-            return report
-        except chromadb.errors.ChromaError as exc:
-            raise IndexCorruptError.at(self.settings.data_dir,
-                                       f"writing to the index at {self.location} failed ({exc})") from None
-
-    def _screen(self, papers: Sequence[Paper], records: dict[str, dict[str, Any]], replace: bool,
-                report: IngestReport, keep: set[str] | None) -> list[Paper]:
-        """Conflicts and duplicates against the index (and earlier papers of the same batch).
-        The index is asked only about the incoming titles and abstracts (by their keys)."""
-        by_title: dict[str, set[str]] = {}
-        by_abstract: dict[str, set[str]] = {}
-        titles: dict[str, str] = {}
-
-        def remember(pid: str, title: str, tkey: str, akey: str) -> None:
-            titles[pid] = title
-            if tkey:
-                by_title.setdefault(tkey, set()).add(pid)
-            by_abstract.setdefault(akey, set()).add(pid)
-
-        keys = [(normalise_title(p.title), abstract_key(p.abstract)) for p in papers]
-        indexed = {**self._records_where("title_key", {t for t, _ in keys if t}),
-                   **self._records_where("abstract_key", {a for _, a in keys})}
-        for pid, rec in indexed.items():
-            if keep is None or pid in keep:  # with replace_all, the others are about to go
-                remember(pid, rec["title"], rec["title_key"], rec["abstract_key"])
-        accepted: list[Paper] = []
-        batch_ids: set[str] = set()
-        for p, (tkey, akey) in zip(papers, keys):
-            rec = records.get(p.id)
-            if rec is not None and rec["title_key"] != tkey and not replace:
-                report.conflicts.append(IngestIssue("conflict", p.id, p.title, p.id, rec["title"]))
-                continue
-            same = [pids for pids in (by_title.get(tkey) if tkey else None, by_abstract.get(akey)) if pids]
-            other = next((min(pids) for pids in same if p.id not in pids), None)
-            if p.id in batch_ids:
-                other = p.id  # the same id twice in one batch: the first one stands
-            if other is not None:
-                report.duplicates.append(IngestIssue("duplicate", p.id, p.title, other, titles.get(other, "")))
-                continue
-            accepted.append(p)
-            batch_ids.add(p.id)
-            remember(p.id, p.title, tkey, akey)
-        return accepted
-
-    def _ingest(self, papers: Sequence[Paper], progress, replace_all: bool, replace: bool = False,
-                changed: bool = False) -> IngestReport:
-        report = IngestReport(papers_in=len(papers))
-        signature = self.chunker.signature
-        self._ensure_keys()
-        total_before = self._collection_meta().get("chunks_total")
-        count_before = self.chunks.count()
-        records = self._records([p.id for p in papers])
-        keep = {p.id for p in papers} if replace_all else None
-        papers = self._screen(papers, records, replace, report, keep)
-        hashes = [content_hash(p, signature) for p in papers]
-        same = [cid for p, h in zip(papers, hashes) if (records.get(p.id) or {}).get("content_hash") == h
-                for cid in records[p.id]["chunk_ids"]]
-        present = self._existing_ids(self.chunks, same)
-        todo: list[tuple[Paper, str]] = []
-        for p, h in zip(papers, hashes):
-            rec = records.get(p.id)
-            if rec and rec["content_hash"] == h and all(cid in present for cid in rec["chunk_ids"]):
-                report.unchanged += 1
-            else:
-                todo.append((p, h))
-        del present, same
-        bar = progress(total=len(todo), desc="Embedding", unit="paper") if progress and todo else None
-        try:
-            self._write_papers(todo, records, report, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        if replace_all:
-            stale = [pid for pid in self._all_ids(self.papers) if pid not in keep]
-            if stale:
-                report.chunks_deleted += self._delete_locked(stale)
-        # Orphans (chunks no record lists: a killed ingest, a foreign write) are looked for
-        # page by page only when the chunk count is not the one this index's writes explain.
-        expected = None if total_before is None or count_before != total_before else \
-            count_before + report.chunks_embedded - report.chunks_deleted
-        count_after = self.chunks.count()
-        if expected is None or count_after != expected:
-            report.chunks_deleted += self._sweep_orphans()
-            count_after = self.chunks.count()
-        if report.changed or changed:
-            self._bump_revision(chunks_total=count_after)
-        elif total_before != count_after:
-            self._set_meta(chunks_total=count_after)
-        return report
-
-    # --- the write pipeline --------------------------------------------------------------------
-    def _windows(self, todo: Sequence[tuple[Paper, str]]) -> Iterator[list[tuple[Paper, str, list[Chunk]]]]:
-        """Papers in input order, grouped so each group holds about WINDOW_BATCHES batches of chunks."""
-        limit = WINDOW_BATCHES * self.settings.embedding_batch_size
-        window: list[tuple[Paper, str, list[Chunk]]] = []
-        n = 0
-        for p, h in todo:
-            chunks = self.chunker.chunk_paper(p)
-            window.append((p, h, chunks))
-            n += len(chunks)
-            if n >= limit:
-                yield window
-                window, n = [], 0
-        if window:
-            yield window
-
-    def _write_papers(self, todo: Sequence[tuple[Paper, str]], records: dict[str, dict[str, Any]],
-                      report: IngestReport, bar) -> None:
-        """Embed window i+1 while window i is written. Each window's missing chunks are embedded
-        in one call, which sorts all of them by length (little padding); its chunks, then its
-        paper records (the commit markers), are written in input order by a writer thread."""
-        if not todo:
-            return
-        writer = _Writer(self, records, report, bar)
-        try:
-            for window in self._windows(todo):
-                writer.check()
-                ids = [c.id for _, _, chunks in window for c in chunks]
-                present = self._existing_ids(self.chunks, ids)
-                new_chunks = [c for _, _, chunks in window for c in chunks if c.id not in present]
-                emb = (self.ingest_embedder.embed([c.embed_text for c in new_chunks]) if new_chunks
-                       else np.zeros((0, getattr(self.embedder, "dim", None) or 0), dtype=np.float32))
-                writer.put((window, new_chunks, emb))
-        finally:
-            writer.close()  # writes what was handed over; re-raises the writer's error
-
-    def _write_window(self, window, new_chunks: list[Chunk], emb: np.ndarray,
-                      records: dict[str, dict[str, Any]], report: IngestReport) -> None:
-        vectors: dict[str, np.ndarray] = {}
-        if new_chunks:
-            vectors.update(zip((c.id for c in new_chunks), emb))
-            self._add_chunks(new_chunks, emb)
-        report.chunks_embedded += len(new_chunks)
-        reused = [c.id for _, _, chunks in window for c in chunks if c.id not in vectors]
-        report.chunks_reused += len(reused)
-        for part in _pages(reused, ID_PAGE):
-            got = self.chunks.get(ids=part, include=["embeddings"])
-            vectors.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
-        rows = []
-        for p, h, chunks in window:
-            mean = np.mean([vectors[c.id] for c in chunks], axis=0)
-            mean /= max(float(np.linalg.norm(mean)), 1e-12)
-            rows.append((p, mean, self._paper_meta(p, h, chunks)))
-        # Paper records go in after their chunks: a record is the commit marker of its paper.
-        step = self._max_batch()
-        for s in range(0, len(rows), step):
-            part = rows[s:s + step]
-            self.papers.upsert(ids=[p.id for p, _, _ in part], documents=[p.abstract for p, _, _ in part],
-                               embeddings=[m.tolist() for _, m, _ in part], metadatas=[meta for _, _, meta in part])
-        stale: list[str] = []
-        for p, _, chunks in window:
-            old = records.get(p.id)
-            if old:
-                keep = {c.id for c in chunks}
-                stale.extend(cid for cid in old["chunk_ids"] if cid not in keep)
-                report.updated.append(p.id)
-            else:
-                report.added.append(p.id)
-        for part in _pages(stale, ID_PAGE):
-            self.chunks.delete(ids=part)
-        report.chunks_deleted += len(stale)
-        self.lexicon.upsert((p.id, h, p.title, p.abstract) for p, h, _ in window)
-
-    def _max_batch(self) -> int:
-        return max(1, min(5000, self.client.get_max_batch_size()))
-
-    def _add_chunks(self, chunks: list[Chunk], emb: np.ndarray) -> None:
-        step = self._max_batch()
-        for s in range(0, len(chunks), step):
-            part = chunks[s:s + step]
-            self.chunks.upsert(
-                ids=[c.id for c in part], embeddings=emb[s:s + step].tolist(),
-                documents=[c.text for c in part],
-                metadatas=[{"paper_id": c.paper_id, "title": c.title, "index": c.index,
-                            "n_chunks": c.n_chunks} for c in part])
-
-    @staticmethod
-    def _paper_meta(p: Paper, h: str, chunks: list[Chunk]) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "title": p.title, "content_hash": h, "chunk_ids": json.dumps([c.id for c in chunks]),
-            "n_chunks": len(chunks), "code_urls": json.dumps(list(p.code_urls)),
-            "authors": json.dumps(list(p.authors)), "extra": json.dumps(p.metadata, default=str),
-            "title_key": normalise_title(p.title), "abstract_key": abstract_key(p.abstract),
-        }
-        if p.url:
-            meta["url"] = p.url
-        if p.year is not None:
-            meta["year"] = p.year
-        return meta
-
-    def _sweep_orphans(self) -> int:
-        """Chunks their paper's record does not list, page by page (bounded memory)."""
-        orphans: list[str] = []
-        for got in self._pages_of(self.chunks, ["metadatas"]):
-            metas = got["metadatas"]
-            pids = list({(m or {}).get("paper_id") for m in metas} - {None})
-            listed = {pid: set(rec["chunk_ids"]) for pid, rec in self._records(pids).items()}
-            orphans.extend(cid for cid, m in zip(got["ids"], metas)
-                           if cid not in listed.get((m or {}).get("paper_id"), ()))
-        for part in _pages(orphans, ID_PAGE):
-            self.chunks.delete(ids=part)
-        return len(orphans)
-
-    def delete_papers(self, paper_ids: Iterable[str], bump: bool = True, wait: bool = True,
-                      on_wait: Callable[[str], None] | None = None) -> None:
-        ids = list(paper_ids)
-        if not ids:
-            return
-        with self.writing(wait=wait, on_wait=on_wait):
-            self._lexicon_begin()
-            total, before = self._collection_meta().get("chunks_total"), self.chunks.count()
-            deleted = self._delete_locked(ids)
-            if bump:  # the orphan check's count stays valid only if it was valid before
-                self._bump_revision(chunks_total=total - deleted if total is not None and total == before else None)
-            self._lexicon_end()
-
-    def _delete_locked(self, ids: Sequence[str]) -> int:
-        """Delete papers, their chunks and their lexicon rows; returns the chunks deleted."""
-        before = self.chunks.count()
-        for part in _pages(list(ids), ID_PAGE):
-            self.chunks.delete(where={"paper_id": {"$in": list(part)}})
-            self.papers.delete(ids=list(part))
-        self.lexicon.remove(ids)
-        return before - self.chunks.count()
-
     # --- record reads ------------------------------------------------------------------------
     def _records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """id -> content hash, chunk ids, title and the keys duplicates are found by, for the
@@ -756,24 +385,6 @@ class PaperStore:
             records.update(self._record_rows(got["ids"], got["metadatas"]))
         return records
 
-    def _ensure_keys(self) -> None:
-        """An index written before records carried title_key/abstract_key gets them once, so
-        duplicates can be found by `where` lookups from then on."""
-        if self._collection_meta().get("paper_keys"):
-            return
-        for got in self._pages_of(self.papers, ["metadatas", "documents"]):
-            fix_ids, fix_metas = [], []
-            for pid, m, doc in zip(got["ids"], got["metadatas"], got["documents"]):
-                m = dict(m or {})
-                if not m.get("title_key") or not m.get("abstract_key"):
-                    m["title_key"] = normalise_title(m.get("title", ""))
-                    m["abstract_key"] = abstract_key(doc or "")
-                    fix_ids.append(pid)
-                    fix_metas.append(m)
-            if fix_ids:
-                self.papers.update(ids=fix_ids, metadatas=fix_metas)
-        self._set_meta(paper_keys=1)
-
     def _pages_of(self, col, include: list[str], page: int = PAGE) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
@@ -792,84 +403,6 @@ class PaperStore:
 
     def _all_ids(self, col) -> list[str]:
         return [pid for got in self._pages_of(col, [], 20_000) for pid in got["ids"]]
-
-    # --- the lexicon: kept in step with every write ---------------------------------------------
-    def _reconcile_lexicon(self) -> None:
-        """Make the lexicon hold exactly the store's papers (by id and content hash), page by
-        page. Only when it does not match the store's revision (a killed write, an older index,
-        another client writing to a Chroma server). Caller holds the write lock."""
-        lex = self.lexicon
-        have = lex.doc_hashes()
-        want: dict[str, str] = {}
-        for got in self._pages_of(self.papers, ["metadatas"]):
-            for pid, m in zip(got["ids"], got["metadatas"]):
-                want[pid] = (m or {}).get("content_hash") or ""
-        lex.remove([pid for pid in have if pid not in want])
-        todo = [pid for pid, h in want.items() if have.get(pid) != h]
-        if todo:
-            log.info("indexing %d papers lexically (%s)", len(todo), lex.folder)
-        for part in _pages(todo, ID_PAGE):
-            got = self.papers.get(ids=list(part), include=["documents", "metadatas"])
-            rows = {pid: ((m or {}).get("content_hash") or "", (m or {}).get("title", ""), doc or "")
-                    for pid, doc, m in zip(got["ids"], got["documents"], got["metadatas"])}
-            lex.upsert((pid, *rows[pid]) for pid in part if pid in rows)
-        del have, want
-
-    def _lexicon_begin(self) -> None:
-        """Start of a write (lock held): the lexicon must match the store before both change;
-        it is marked as changing until `_lexicon_end`."""
-        lex = self.lexicon
-        try:
-            if lex.synced != self._revision_and_count(synced=True)[0]:
-                self._reconcile_lexicon()
-            lex.mark("")
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
-            lex.reset(exc)
-            self._reconcile_lexicon()
-            lex.mark("")
-
-    def _lexicon_end(self) -> None:
-        """End of a write: the lexicon matches the store's new revision; its BM25 is built now,
-        so no reader has to."""
-        rev = self._revision_and_count(synced=True)[0]
-        self.lexicon.mark(rev)
-        if self.lexicon.open_build(rev) is None:
-            self.lexicon.build(rev)
-
-    def lexical(self, revision: str | None = None) -> tuple[LexicalIndex, bool]:
-        """(BM25 index, current): the build for `revision` (memory-mapped); else one made now
-        under the write lock; else, while a writer holds the lock, the latest build there is
-        (current=False: the writer builds the new one when it is done)."""
-        rev = revision or self.revision()
-        lex = self.lexicon
-        try:
-            found = lex.open_build(rev)
-            if found is not None:
-                return found, True
-            try:
-                with WriteLock(self.settings.data_dir, wait=False):
-                    rev = self.revision()  # the revision as of now, with no writer about
-                    found = lex.open_build(rev)
-                    if found is not None:
-                        return found, True
-                    if lex.synced != rev:
-                        self._reconcile_lexicon()
-                        lex.mark(rev)
-                    return lex.build(rev), True
-            except IndexBusyError:
-                latest = lex.latest_build()
-                return (latest if latest is not None else lex.build_in_memory(rev)), False
-        except sqlite3.DatabaseError as exc:  # the lexicon file went bad under us (a lock is not damage)
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
-            lex.reset(exc)
-            return self.lexical(rev)
-
-    def corpus_names(self) -> CorpusNames:
-        """`Analyzer.corpus_names` for this index, read from the lexicon per word."""
-        return CorpusNames(self.lexicon)
 
     # --- reads (each retried once through a reopened client, see _read) ----------------
     def paper_records(self, paper_ids: Sequence[str]) -> dict[str, PaperRecord]:
@@ -903,25 +436,6 @@ class PaperStore:
         """Every paper in one dict: for tests and small indexes only (the product reads
         papers by id; `iter_papers` and `list_papers` page)."""
         return self._read(lambda: {p.id: p for p in self.iter_papers(PAGE)})
-
-    def list_papers(self, search: str | None = None) -> "PaperList":
-        """Papers by title (lower-cased); with `search`, title (and id) matches first, then
-        abstract matches. A lazy sequence: `len()` counts, slices read only their records."""
-        self.lexical()  # the lexicon (which keeps the titles) is current
-        lex = self.lexicon
-        if search is None or not search:
-            return PaperList(self, None, lex)
-        needle = search.lower().strip()
-        in_title = lex.title_matches(needle)
-        seen = set(in_title)
-        pattern = "(?i)" + "".join(ch if ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in needle)
-        hits = self._read(lambda: self.papers.get(where_document={"$regex": pattern}, include=[])["ids"]) if needle else []
-        candidates = [pid for pid in hits if pid not in seen]
-        in_abstract: list[str] = []
-        for part in _pages(lex.order_by_title(candidates), ID_PAGE):
-            found = self.get_papers(part)
-            in_abstract.extend(pid for pid in part if pid in found and needle in found[pid].abstract.lower())
-        return PaperList(self, in_title + in_abstract, lex)
 
     def paper_id_by_title(self, title: str, same: Callable[[str, str], bool]) -> str | None:
         """The indexed paper whose title `same`(title, its title) says is this one (looked up
@@ -967,122 +481,6 @@ class PaperStore:
     def paper_vectors(self, paper_ids: Sequence[str]) -> dict[str, np.ndarray]:
         got = self._read(lambda: self.papers.get(ids=list(paper_ids), include=["embeddings"]))
         return {pid: np.asarray(e, dtype=np.float32) for pid, e in zip(got["ids"], got["embeddings"])}
-
-
-class PaperList(Sequence):
-    """Papers in title order, read a page at a time (`PaperStore.list_papers`). Without a
-    search it pages through the lexicon's title index; with one it holds the matching ids."""
-
-    def __init__(self, store: PaperStore, ids: list[str] | None, lexicon: Lexicon):
-        self.store, self._ids, self.lexicon = store, ids, lexicon
-
-    def __len__(self) -> int:
-        return self.lexicon.count() if self._ids is None else len(self._ids)
-
-    def _ids_between(self, start: int, stop: int) -> list[str]:
-        if self._ids is not None:
-            return self._ids[start:stop]
-        out: list[str] = []
-        after = None
-        pos = 0
-        while pos < stop:
-            rows = self.lexicon.titles_page(after, min(5000, stop - pos) if pos >= start else min(5000, start - pos))
-            if not rows:
-                break
-            if pos + len(rows) > start:
-                out.extend(r[2] for r in rows[max(0, start - pos):])
-            pos += len(rows)
-            after = rows[-1][:2]
-        return out[: stop - start]
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            start, stop, step = i.indices(len(self))
-            if step != 1:
-                return [self[j] for j in range(start, stop, step)]
-            ids = self._ids_between(start, stop)
-            found = self.store.get_papers(ids)
-            return [found[pid] for pid in ids if pid in found]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
-        got = self[i:i + 1]
-        if not got:
-            raise IndexError(i)
-        return got[0]
-
-    def __iter__(self) -> Iterator[Paper]:
-        if self._ids is not None:
-            for part in _pages(self._ids, ID_PAGE):
-                found = self.store.get_papers(part)
-                yield from (found[pid] for pid in part if pid in found)
-            return
-        after = None
-        while True:
-            rows = self.lexicon.titles_page(after, ID_PAGE)
-            if not rows:
-                return
-            ids = [r[2] for r in rows]
-            found = self.store.get_papers(ids)
-            yield from (found[pid] for pid in ids if pid in found)
-            after = rows[-1][:2]
-
-
-class _Writer:
-    """The thread that writes ingest windows to Chroma while the next one is embedded.
-    At most one window waits for it, so memory stays bounded."""
-
-    def __init__(self, store: PaperStore, records, report: IngestReport, bar):
-        import queue
-
-        self.store, self.records, self.report, self.bar = store, records, report, bar
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="paper-rag-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # drain: nothing more is written after a failure
-            window, new_chunks, emb = item
-            try:
-                self.store._write_window(window, new_chunks, emb, self.records, self.report)
-                if self.bar is not None:
-                    self.bar.update(len(window))
-            except BaseException as exc:  # noqa: BLE001 - handed to the ingesting thread
-                self.error = exc
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def put(self, item) -> None:
-        import queue
-
-        while self.thread.is_alive():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:  # the writer is still busy: make sure it has not failed
-                self.check()
-        self.check()
-
-    def close(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-        self.check()
-
-
-def _pages(items: Sequence, size: int) -> Iterator[Sequence]:
-    for s in range(0, len(items), size):
-        yield items[s:s + size]
 
 
 def _paper_from_record(pid: str, abstract: str, meta: dict[str, Any]) -> Paper:
