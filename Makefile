@@ -11,7 +11,7 @@ LOCAL_STAMP := $(VENV)/.installed-local
 # + the test and eval tools
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-local install-test install-qwen run test bench bench-local eval corpus clean
+.PHONY: install install-local install-test install-qwen run test test-fast lint bench bench-local eval corpus clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -61,9 +61,18 @@ install-qwen: $(QWEN_STAMP)
 run: install
 	$(PY) app.py
 
-test: install-test
+test: install-test lint
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest
+
+# ruff (style, imports, likely bugs) and mypy (types) on rag/: zero findings, or `make test` fails.
+lint: install-test
+	$(VENV)/bin/ruff check rag app.py
+	$(VENV)/bin/mypy
+
+# Day-to-day: everything but the slow tests and the browser.
+test-fast: install-test
+	$(PY) -m pytest -m "not slow and not browser" -q
 
 eval: install
 	$(PY) -m pip install --quiet -e ".[ui,api,eval]"

@@ -46,7 +46,7 @@ def rank_stats(retriever, questions, depth: int = 10) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from rag import Assistant, Settings
-    from rag.evaluation import load_pubmedqa, load_questions, pubmedqa_assistant
+    from rag.eval import load_pubmedqa, load_questions, pubmedqa_assistant
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "results" / "claims-index")

@@ -35,7 +35,7 @@ def main() -> None:
     from rag import Assistant, Settings
     from rag.corpus import load_bundled
     from rag.embeddings import get_embedder
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
 
     papers = load_bundled()
     with tempfile.TemporaryDirectory() as tmp:

@@ -233,7 +233,7 @@ def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
 
     t0 = time.perf_counter()
     from rag import Assistant, Settings
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
 
     res: dict = {"import_s": time.perf_counter() - t0}
     questions = load_question_texts(n_questions)

@@ -93,7 +93,7 @@ def machine_info() -> dict:
 
 
 def load_question_texts(n: int | None = None) -> list[str]:
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
 
     qs = [q.question for q in load_questions(QUESTIONS)]
     return qs[:n] if n else qs

@@ -3,7 +3,7 @@ and the `openai` mode against Qwen served by llama.cpp's OpenAI-compatible serve
 and stopped here on a free loopback port), streamed and plain. Prints figures, asserts nothing.
 
 For each mode and question set (`eval/heldout.jsonl`, the first `--limit` questions of
-`eval/questions.jsonl`) it runs `rag.evaluation.run` (what `rag eval` runs) and reports
+`eval/questions.jsonl`) it runs `rag.eval.run` (what `rag eval` runs) and reports
 key-fact recall, cited-paper precision, grounded sentences, abstention on unanswerable and
 false abstention, median answer words, p50 answer time and p50 time to the first streamed
 text, invalid citations, numbers/names shown that the cited papers do not state, what the
@@ -145,7 +145,7 @@ def settings_for(mode: str, data_dir: Path, threads: int, base_url: str | None =
 
 
 def run_sets(assistant, mode: str, sets: dict[str, list], stream: bool, out_dir: Path) -> dict[str, dict]:
-    from rag.evaluation import run, write_reports
+    from rag.eval import run, write_reports
 
     results = {}
     for name, questions in sets.items():
@@ -243,7 +243,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from rag import Assistant
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
     from rag.settings import Settings
 
     data_dir = args.data_dir or Settings().data_dir

@@ -117,7 +117,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rag import Assistant, Settings
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
 
     with tempfile.TemporaryDirectory() as tmp:
         assistant = Assistant(Settings(data_dir=args.data_dir or Path(tmp), mode="extractive"))

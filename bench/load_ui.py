@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rag import Assistant, Settings
-    from rag.evaluation import load_questions
+    from rag.eval import load_questions
     from rag.ui import create_app
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal, Protocol, cast
 
 import numpy as np
 
@@ -212,7 +213,7 @@ class TypeModel:
         return np.stack([frame_features(q, len(named_things(q))) for q in questions])
 
     @classmethod
-    def fit(cls, questions: Sequence[str], labels: Sequence[str], l2: float = 0.1, steps: int = 1500) -> "TypeModel":
+    def fit(cls, questions: Sequence[str], labels: Sequence[str], l2: float = 0.1, steps: int = 1500) -> TypeModel:
         """Adam on the mean cross-entropy plus an L2 penalty (small data: no sklearn needed)."""
         x = cls.features(questions).astype(np.float64)
         y = np.array([ANSWER_TYPES.index(t) for t in labels])
@@ -233,7 +234,7 @@ class TypeModel:
         return cls(w.astype(np.float32), b.astype(np.float32), mu.astype(np.float32), sd.astype(np.float32))
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "TypeModel":
+    def load(cls, path: Path | None = None) -> TypeModel:
         path = path or model_path()
         if path.exists():
             with np.load(path) as z:
@@ -254,18 +255,25 @@ class TypeModel:
         return [ANSWER_TYPES[i] for i in np.argmax(x @ self.w + self.b, axis=1)]
 
 
+class NameLookup(Protocol):
+    """A lower-cased word -> the name the corpus spells it as (a dict, or the lexicon's
+    on-disk map: `rag.lexicon.CorpusNames`)."""
+
+    def get(self, word: str, /) -> str | None: ...
+
+
 @dataclass
 class Analyzer:
     """Builds a `QuestionAnalysis`; `corpus_names` maps lower-cased words to the names the
     corpus spells with capitals (refreshed by the caller when the corpus changes)."""
 
     type_model: TypeModel
-    corpus_names: dict[str, str] = field(default_factory=dict)
+    corpus_names: NameLookup = field(default_factory=lambda: dict[str, str]())
 
     def analyse(self, question: str) -> QuestionAnalysis:
         names = named_things(question, self.corpus_names.get)
         probs = self.type_model.probabilities(question)
-        kind: AnswerType = max(probs, key=probs.__getitem__)  # type: ignore[assignment]
+        kind = cast(AnswerType, max(probs, key=probs.__getitem__))
         return QuestionAnalysis(question=question, answer_type=kind, type_probs=probs,
                                 terms=tuple(content_terms(question)), names=tuple(names))
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
+from .analysis import Analyzer, TypeModel
 from .citations import build_citations, check_markers
 from .corpus import LoadResult, load_bundled, load_corpus
-from .errors import QuestionError
-from .analysis import Analyzer, TypeModel
 from .embeddings import TextVectors
+from .errors import QuestionError
 from .generation import Draft, ExtractiveAnswerer, llm_errors, llm_from_settings
 from .local_models import local_model_ctx, resolve_local_model
 from .modes import MODES, AnswerMode, mode_class
@@ -170,6 +171,7 @@ class Assistant:
             paper_ids: Sequence[str] | None = None, llm_options: Mapping[str, Any] | None = None) -> Answer:
         """The finished answer. A chat model is asked for its whole reply in one request."""
         *_, answer = self._run(question, k, mode, paper_ids, llm_options, streaming=False)
+        assert isinstance(answer, Answer)
         return answer
 
     def stream(self, question: str, k: int | None = None, mode: str | None = None,
@@ -234,7 +236,12 @@ class Assistant:
     # --- the chat models ---------------------------------------------------------------
     def message_chain(self, mode: str = "openai"):
         """LCEL of a generative mode: {question, sources} -> prompt -> chat model."""
-        return self.answer_mode(mode).chain
+        from .modes import GenerativeMode
+
+        answer_mode = self.answer_mode(mode)
+        if not isinstance(answer_mode, GenerativeMode):
+            raise ValueError(f"the {mode} mode asks no chat model")
+        return answer_mode.chain
 
     def condense(self, history: str, question: str) -> str:
         """A follow-up rewritten as a standalone question by the LLM (prompts/condense_question.md)."""
@@ -272,7 +279,7 @@ class Assistant:
         if self._checker is None:
             from .support import SupportChecker
 
-            self._checker = SupportChecker(self.store.ingest_embedder.embed)
+            self._checker = SupportChecker(self.vectors)
         return self._checker
 
     def _finish(self, question: str, mode: str, retrieval: Retrieval, draft: Draft) -> Answer:

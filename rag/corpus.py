@@ -14,10 +14,11 @@ import json
 import re
 import stat
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from .errors import CorpusError, CorpusErrors
 from .types import Paper, paper_to_dict
@@ -167,7 +168,9 @@ def _read_text(path: Path) -> str:
         st = path.stat()
     except FileNotFoundError:
         broken = " (a symlink to a missing file)" if path.is_symlink() else ""
-        raise fail(f"file not found{broken}", "Check the path; `rag ingest` takes .jsonl, .csv or .txt files.") from None
+        raise fail(
+            f"file not found{broken}", "Check the path; `rag ingest` takes .jsonl, .csv or .txt files."
+        ) from None
     except OSError as exc:
         raise _os_error(path, exc) from None
     if stat.S_ISDIR(st.st_mode):
@@ -316,8 +319,9 @@ def _seed_records(text: str, path: Path, errors: list[CorpusError]):
 
 def _to_paper(raw: dict[str, Any], path: Path, line: int, errors: list[CorpusError],
               make_id: Callable[[str], str] = generated_id) -> Paper | None:
-    def bad(msg: str, fld: str) -> None:
+    def bad(msg: str, fld: str) -> Paper | None:  # records the problem; the paper is skipped
         errors.append(CorpusError(msg, file=str(path), line=line, field=fld))
+        return None
 
     title, abstract = raw.get("title"), raw.get("abstract")
     if not isinstance(title, str) or not title.strip():

@@ -12,8 +12,9 @@ import hashlib
 import logging
 import shutil
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
@@ -93,7 +94,7 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
         return {"batch_size": self.batch_size, "threads": self.threads}
 
     @staticmethod
-    def build_from_config(config: dict[str, Any]) -> "OnnxMiniLM":
+    def build_from_config(config: dict[str, Any]) -> OnnxMiniLM:
         return OnnxMiniLM(**config)
 
     def default_space(self):
@@ -255,7 +256,9 @@ class EmbeddingCache:
             try:
                 for start in range(0, len(keys), 500):
                     part = keys[start:start + 500]
-                    rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+                    rows = self._db.execute(
+                        f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})", part
+                    )
                     out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
             except sqlite3.DatabaseError as exc:
                 self._failed(exc)

@@ -62,7 +62,7 @@ class IndexCorruptError(RagError):
             "run `rag ingest FILE...` to build a new index.")
 
     @classmethod
-    def at(cls, data_dir, message: str) -> "IndexCorruptError":
+    def at(cls, data_dir, message: str) -> IndexCorruptError:
         return cls(message, f"Move the data folder aside, keeping it for recovery (`mv {data_dir} "
                             f"{data_dir}.broken`), then run `rag ingest FILE...` to build a new index "
                             f"(or point RAG_DATA_DIR at another folder).")
@@ -75,7 +75,7 @@ class DataDirError(RagError):
             "--data-dir) at a folder you can write to.")
 
     @classmethod
-    def from_os_error(cls, folder, exc: OSError) -> "DataDirError":
+    def from_os_error(cls, folder, exc: OSError) -> DataDirError:
         """What an OSError on the data folder means, with a fix that deletes nothing."""
         import errno
 

@@ -14,9 +14,10 @@ the cross-validated figures inside the config.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +107,9 @@ def _norm(text: str) -> str:
 def sentence_rows(cases: Sequence[Case]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Sentences of the gold papers, labelled by whether they hold a key fact; with the
     (start, end) row span of each paper, for top-1 accuracy."""
-    x, y, spans = [], [], []
+    x: list[list[float]] = []
+    y: list[float] = []
+    spans: list[tuple[int, int]] = []
     for case in cases:
         facts = [_norm(f) for f in case.key_facts]
         for c in case.candidates:
@@ -331,7 +334,7 @@ def cross_validate(cases: Sequence[Case], base: AnswerConfig, folds: int = 5,
 
 
 def tuning_pool(root: Path) -> list[Any]:
-    from .evaluation import load_questions
+    from .eval import load_questions
 
     originals = load_questions(root / "eval" / "questions.jsonl")
     ids = {q.id for q in originals}

@@ -10,9 +10,9 @@ failures into one `LLMError`; the chains around the chat models live in `rag/mod
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import numpy as np
 
@@ -91,6 +91,7 @@ class ExtractiveAnswerer:
     def answer(self, question: str, contexts: list[Context], idf: dict[str, float],
                query_vec: np.ndarray) -> Draft:
         *_, draft = self.stream(question, contexts, idf, query_vec)
+        assert isinstance(draft, Draft)
         return draft
 
 
@@ -131,7 +132,9 @@ def llm_errors(settings: Settings):
     except openai.RateLimitError:
         raise LLMError("the language model server is rate limiting requests (HTTP 429); try again shortly") from None
     except openai.APIConnectionError:
-        raise LLMError(f"cannot reach the language model at {redact_url(settings.openai_base_url or 'api.openai.com')}") from None
+        raise LLMError(
+            f"cannot reach the language model at {redact_url(settings.openai_base_url or 'api.openai.com')}"
+        ) from None
     except openai.APIStatusError as exc:
         raise LLMError(f"the language model server returned HTTP {exc.status_code}") from None
     except (openai.OpenAIError, ValueError) as exc:

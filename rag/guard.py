@@ -25,11 +25,12 @@ dropped.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
-from .citations import check_markers
-from .support import ABBREV_END, IdfFn, SupportChecker, missing_specifics, paper_text
+from .chunking import ABBREV_END
+from .citations import MARKER, check_markers
+from .support import IdfFn, SupportChecker, missing_specifics, paper_text
 from .text import terms
 from .types import ABSTAIN_TEXT, Context
 
@@ -40,7 +41,6 @@ FLAG = "(unverified)"
 # more text; or a line break (list items often have no full stop).
 _SENTENCE_END = re.compile(r"[.!?](?:\s*\[[\d,;\s-]+\])*[ \t]*\n\s*(?=\S)|[.!?](?:\s*\[[\d,;\s-]+\])*[ \t]+(?=\S)"
                            r"|\n\s*(?=\S)")
-_MARKER = re.compile(r"\[(\d{1,3})\]")
 _TRAILING_PUNCT = re.compile(r"([.!?:;,]*)\s*$")
 
 
@@ -80,7 +80,8 @@ def guard_note(meta: dict) -> str | None:
         parts.append(f"{fixed} citation{'s' if fixed != 1 else ''} set by the check")
     if meta.get("fallback"):
         why = f" ({'; '.join(parts)})" if parts else ""
-        return f"No sentence of the model's answer was supported by the sources{why}; showing the {meta['fallback']} answer."
+        return (f"No sentence of the model's answer was supported by the sources{why}; showing the {meta['fallback']} "
+                f"answer.")
     if not parts:
         return None
     return f"Checked against the sources ({g.get('policy')}): " + "; ".join(parts) + "."
@@ -88,7 +89,7 @@ def guard_note(meta: dict) -> str | None:
 
 def _with_markers(text: str, ns: Sequence[int]) -> str:
     """The sentence without its markers, then `[n]...` before its end punctuation."""
-    body = _MARKER.sub("", text)
+    body = MARKER.sub("", text)
     body = re.sub(r"[ \t]{2,}", " ", body).strip()
     body = re.sub(r"\s+([.,;:!?])", r"\1", body)
     m = _TRAILING_PUNCT.search(body)
@@ -158,7 +159,7 @@ class SentenceGuard:
         checked = check_markers(sentence.strip(), max(self.by_n, default=0))
         self.report.invalid_markers += checked.invalid
         text = checked.text.strip()
-        body = _MARKER.sub(" ", text)
+        body = MARKER.sub(" ", text)
         if not text or text.rstrip(".") == ABSTAIN_TEXT.rstrip(".") or not terms(body):
             return None  # empty, a bare "1. [1]", or the model abstaining inside an answer
         cited = [self.by_n[n] for n in checked.cited if n in self.by_n]
@@ -195,7 +196,7 @@ class SentenceGuard:
         self.report.kept += 1
         return text
 
-    def _drop(self, invented: bool = False) -> None:
+    def _drop(self, invented: bool = False) -> str | None:
         self.report.dropped += 1
         self.report.invented += int(invented)
         return None

@@ -20,7 +20,7 @@ import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MARKER_NAME = "paper-rag.json"
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class IndexState:
     format: int = 1
 
     @classmethod
-    def load(cls, data_dir: Path) -> "IndexState | None":
+    def load(cls, data_dir: Path) -> IndexState | None:
         """The marker, or None when there is none. A damaged marker counts as none (with a
         warning): it only ever adds checks, so losing it loses no data."""
         path = Path(data_dir) / MARKER_NAME

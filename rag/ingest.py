@@ -11,8 +11,9 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -84,6 +85,9 @@ def content_hash(paper: Paper, chunker_signature: str) -> str:
 
 
 class IngestMixin:
+    if TYPE_CHECKING:  # a part of PaperStore: its attributes are PaperStore's
+        def __getattr__(self, name: str) -> Any: ...
+
     # --- ingest ------------------------------------------------------------
     def ingest(self, papers: Sequence[Paper], progress: ProgressFactory | None = None,
                replace_all: bool = False, replace: bool = False, rebuild: bool = False, wait: bool = True,
@@ -183,7 +187,7 @@ class IngestMixin:
         finally:
             if bar is not None:
                 bar.close()
-        if replace_all:
+        if keep is not None:  # replace_all
             stale = [pid for pid in self._all_ids(self.papers) if pid not in keep]
             if stale:
                 report.chunks_deleted += self._delete_locked(stale)
@@ -224,7 +228,7 @@ class IngestMixin:
         paper records (the commit markers), are written in input order by a writer thread."""
         if not todo:
             return
-        writer = _Writer(self, records, report, bar)
+        writer = _Writer(cast("PaperStore", self), records, report, bar)
         try:
             for window in self._windows(todo):
                 writer.check()

@@ -34,9 +34,8 @@ import sqlite3
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -167,7 +166,7 @@ class LexicalIndex:
         self.oov_idf = math.log(1 + (n + 0.5) / 0.5)
 
     @classmethod
-    def from_documents(cls, ids: Sequence[str], docs: Sequence[Sequence[str]], revision: str = "") -> "LexicalIndex":
+    def from_documents(cls, ids: Sequence[str], docs: Sequence[Sequence[str]], revision: str = "") -> LexicalIndex:
         """An index in memory from token lists (tests, small throw-away indexes)."""
         vocab: dict[str, int] = {}
         arrays = [np.fromiter((vocab.setdefault(t, len(vocab)) for t in d), dtype=np.int32, count=len(d)) for d in docs]
@@ -361,15 +360,18 @@ class Lexicon:
                         ids[j] = i
                     names, plain = name_spellings(f"{title} {abstract}")
                     row = db.execute("SELECT seq, plain FROM docs WHERE pid=?", (pid,)).fetchone()
-                    values = (pid.lower(), h, title, title.lower(), ids.tobytes(), json.dumps(names), json.dumps(sorted(plain)))
+                    values = (pid.lower(), h, title, title.lower(), ids.tobytes(), json.dumps(names),
+                              json.dumps(sorted(plain)))
                     if row is not None:
                         seq = row[0]
                         plain_delta.subtract(json.loads(row[1]))
                         db.execute("DELETE FROM names WHERE seq=?", (seq,))
-                        db.execute("UPDATE docs SET pid_lower=?, hash=?, title=?, title_lower=?, terms=?, names=?, plain=? "
+                        db.execute("UPDATE docs SET pid_lower=?, hash=?, title=?, title_lower=?, terms=?, "
+                                   "names=?, plain=? "
                                    "WHERE seq=?", (*values, seq))
                     else:
-                        seq = db.execute("INSERT INTO docs (pid, pid_lower, hash, title, title_lower, terms, names, plain) "
+                        seq = db.execute("INSERT INTO docs (pid, pid_lower, hash, title, title_lower, terms, "
+                                         "names, plain) "
                                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (pid, *values)).lastrowid
                     plain_delta.update(plain)
                     name_rows.extend((low, seq, spelled) for low, spelled in names.items())
@@ -384,7 +386,8 @@ class Lexicon:
 
     def _apply_plain(self, delta: Counter) -> None:
         changes = [(w, n) for w, n in delta.items() if n]
-        self.db.executemany("INSERT INTO plain VALUES (?, ?) ON CONFLICT(word) DO UPDATE SET n = n + excluded.n", changes)
+        self.db.executemany("INSERT INTO plain VALUES (?, ?) ON CONFLICT(word) DO UPDATE SET n = n + excluded.n",
+                            changes)
         gone = [(w,) for w, n in changes if n < 0]
         if gone:
             self.db.executemany("DELETE FROM plain WHERE word=? AND n <= 0", gone)
@@ -429,7 +432,8 @@ class Lexicon:
         with self._lock:
             for s in range(0, len(words), 500):
                 part = words[s:s + 500]
-                out.update(self.db.execute(f"SELECT term, id FROM terms WHERE term IN ({','.join('?' * len(part))})", part))
+                marks = ",".join("?" * len(part))
+                out.update(self.db.execute(f"SELECT term, id FROM terms WHERE term IN ({marks})", part))
         return out
 
     # --- titles (the paper listing) --------------------------------------------------------------
@@ -558,7 +562,7 @@ class CorpusNames:
     def __init__(self, lexicon: Lexicon):
         self.lexicon = lexicon
 
-    def get(self, word: str, default=None):
+    def get(self, word: str, default: str | None = None) -> str | None:
         spelled = self.lexicon.name_for(word)
         return default if spelled is None else spelled
 

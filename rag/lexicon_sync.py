@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import IndexBusyError
 from .ingest import ID_PAGE, _pages
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class LexiconSync:
+    if TYPE_CHECKING:  # a part of PaperStore: its attributes are PaperStore's
+        def __getattr__(self, name: str) -> Any: ...
+
     # --- the lexicon: kept in step with every write ---------------------------------------------
     def _reconcile_lexicon(self) -> None:
         """Make the lexicon hold exactly the store's papers (by id and content hash), page by
@@ -102,24 +105,25 @@ class LexiconSync:
         """`Analyzer.corpus_names` for this index, read from the lexicon per word."""
         return CorpusNames(self.lexicon)
 
-    def list_papers(self, search: str | None = None) -> "PaperList":
+    def list_papers(self, search: str | None = None) -> PaperList:
         """Papers by title (lower-cased); with `search`, title (and id) matches first, then
         abstract matches. A lazy sequence: `len()` counts, slices read only their records."""
         self.lexical()  # the lexicon (which keeps the titles) is current
         lex = self.lexicon
         if search is None or not search:
-            return PaperList(self, None, lex)
+            return PaperList(cast("PaperStore", self), None, lex)
         needle = search.lower().strip()
         in_title = lex.title_matches(needle)
         seen = set(in_title)
         pattern = "(?i)" + "".join(ch if ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in needle)
-        hits = self._read(lambda: self.papers.get(where_document={"$regex": pattern}, include=[])["ids"]) if needle else []
+        hits = (self._read(lambda: self.papers.get(where_document={"$regex": pattern}, include=[])["ids"])
+                if needle else [])
         candidates = [pid for pid in hits if pid not in seen]
         in_abstract: list[str] = []
         for part in _pages(lex.order_by_title(candidates), ID_PAGE):
             found = self.get_papers(part)
             in_abstract.extend(pid for pid in part if pid in found and needle in found[pid].abstract.lower())
-        return PaperList(self, in_title + in_abstract, lex)
+        return PaperList(cast("PaperStore", self), in_title + in_abstract, lex)
 
 class PaperList(Sequence):
     """Papers in title order, read a page at a time (`PaperStore.list_papers`). Without a

@@ -29,9 +29,10 @@ import os
 import shutil
 import struct
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO
 
 from .errors import ConfigError, ModelFilesError
 
@@ -250,7 +251,8 @@ def _assemble(model: LocalModel, parts: Sequence[Path], target: Path, progress: 
                             shown += step
             out.flush()
             os.fsync(out.fileno())
-        header = _check(partial, model, partial.stat().st_size, digest.hexdigest(), what=f"the assembled {model.name!r} GGUF")
+        header = _check(partial, model, partial.stat().st_size, digest.hexdigest(), what=f"the assembled "
+                                                                                         f"{model.name!r} GGUF")
         os.replace(partial, target)
         _write_sidecar(_sidecar(target.parent, model), target, model.sha256, header)
     except BaseException:
@@ -283,7 +285,7 @@ def _verify(path: Path, model: LocalModel, sidecar: Path, removable: bool) -> No
 
 
 def _check(path: Path, model: LocalModel, size: int, sha256: str | None, what: str,
-           removed: bool = True) -> "GGUFHeader":
+           removed: bool = True) -> GGUFHeader:
     """Raise `ModelFilesError` naming the first thing that differs from the registry."""
     fix = f"Reinstall the model's packages: `{model.reinstall}`."
     done = "it was removed and nothing was loaded" if removed else "nothing was loaded"
@@ -315,7 +317,7 @@ def _read_sidecar(path: Path) -> dict:
         return {}
 
 
-def _write_sidecar(sidecar: Path, path: Path, sha256: str, header: "GGUFHeader") -> None:
+def _write_sidecar(sidecar: Path, path: Path, sha256: str, header: GGUFHeader) -> None:
     st = path.stat()
     record = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
               "architecture": header.architecture, "name": header.name, "gguf_version": header.version,

@@ -17,8 +17,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import DataDirError, IndexBusyError
 
@@ -94,7 +94,7 @@ class WriteLock:
         self._lock: _DirLock | None = None
         self.outermost = False
 
-    def __enter__(self) -> "WriteLock":
+    def __enter__(self) -> WriteLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

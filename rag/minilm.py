@@ -68,7 +68,8 @@ _lock = threading.Lock()
 def load_async(threads: int = 0) -> Future:
     """The model's runtime for `threads` intra-op threads, loading on a thread (once per
     process and thread count). Not a daemon: a command that fails early waits the ~0.3 s
-    for it at exit, since a session killed mid-build aborts the process in C++. A failed load is forgotten, so the next call tries again."""
+    for it at exit, since a session killed mid-build aborts the process in C++. A failed load
+    is forgotten, so the next call tries again."""
     # The imports happen here, on the caller's thread: numpy's C extension is not safe to
     # import from two threads at once (the main thread is about to import Chroma, which
     # imports numpy too), and onnxruntime adds only ~10 ms once numpy is in.

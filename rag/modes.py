@@ -17,8 +17,10 @@ never imports the assistant, the UI or the CLI.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .errors import ConfigError, LLMError
 from .generation import Draft, ExtractiveAnswerer, format_sources, llm_errors, renumber
@@ -62,7 +64,9 @@ class AnswerMode(Protocol):
 
     name: ClassVar[str]
 
-    def stream(self, question: str, retrieval: "Retrieval", llm_options: Mapping[str, Any] | None = None,
+    def __init__(self, host: ModeHost) -> None: ...
+
+    def stream(self, question: str, retrieval: Retrieval, llm_options: Mapping[str, Any] | None = None,
                streaming: bool = True) -> Iterator[str | Draft]:
         """Text deltas as they may be shown, then the finished `Draft`. `streaming=False`
         asks the model for the whole reply in one request (`Assistant.ask`)."""
@@ -72,17 +76,23 @@ class AnswerMode(Protocol):
         """One line for the UI and the CLI: what writes the answer."""
         ...
 
+    @classmethod
+    def available(cls, host: ModeHost) -> bool:
+        """Whether this mode can answer on this host (installed, configured)."""
+        ...
 
-MODES: dict[str, type] = {}
+
+MODES: dict[str, type[AnswerMode]] = {}
+_M = TypeVar("_M", bound="type[AnswerMode]")
 
 
-def register(cls: type) -> type:
+def register(cls: _M) -> _M:
     """Class decorator: make a mode available under its `name`."""
     MODES[cls.name] = cls
     return cls
 
 
-def mode_class(name: str) -> type:
+def mode_class(name: str) -> type[AnswerMode]:
     try:
         return MODES[name]
     except (KeyError, TypeError):
@@ -117,7 +127,7 @@ class ExtractiveMode:
     def describe(self) -> str:
         return "offline extractive (quotes the abstracts; no LLM)"
 
-    def stream(self, question: str, retrieval: "Retrieval", llm_options: Mapping[str, Any] | None = None,
+    def stream(self, question: str, retrieval: Retrieval, llm_options: Mapping[str, Any] | None = None,
                streaming: bool = True) -> Iterator[str | Draft]:
         self.host.refresh_names(retrieval.revision)
         yield from self.host.extractive.stream(question, retrieval.contexts, retrieval.idf, retrieval.query_vec)
@@ -141,7 +151,7 @@ class GenerativeMode:
     def model_label(self) -> str:
         raise NotImplementedError
 
-    def errors(self) -> ContextManager:
+    def errors(self) -> AbstractContextManager:
         """Turns the chat model's failures into LLMError."""
         return llm_errors(self.host.settings)
 
@@ -188,7 +198,7 @@ class GenerativeMode:
             # OpenAI-compatible streams end with a finish_reason; without it the answer was cut off.
             raise LLMError("the language model's answer was cut off mid-stream")
 
-    def stream(self, question: str, retrieval: "Retrieval", llm_options: Mapping[str, Any] | None = None,
+    def stream(self, question: str, retrieval: Retrieval, llm_options: Mapping[str, Any] | None = None,
                streaming: bool = True) -> Iterator[str | Draft]:
         host = self.host
         host.refresh_names(retrieval.revision)

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .analysis import QuestionAnalysis, mentions
 from .chunking import split_sentences
 from .text import QUESTION_WORDS, STOPWORDS, terms, words
-from .tuning import PAPER_FEATURES, SENTENCE_CUES, AnswerConfig
+from .tuning import SENTENCE_CUES, AnswerConfig
 from .types import Context
 
 _NUMBER_WORDS = re.compile(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
@@ -36,8 +36,11 @@ _HEAD_RE = re.compile(r"\b(?:which|what|how many|name the|list the|give the)\s+(
                       r"(?:does|do|did|is|are|was|were|has|have|had|can|could|makes?|used|to|of|for|in|on|that|the)\b",
                       re.I)
 # A sentence that states the paper's own contribution ("we propose X", "... is introduced").
-_CONTRIBUTION = re.compile(r"\b(?:we|this (?:paper|work|study)|our)\b[^.]{0,40}\b(?:propos|introduc|present|design|"
-                           r"develop|devis|build|construct|formulat|call|name|coin|dub)\w*|\b(?:propos|introduc)ed\b", re.I)
+_CONTRIBUTION = re.compile(
+    r"\b(?:we|this (?:paper|work|study)|our)\b[^.]{0,40}\b(?:propos|introduc|present|design|"
+    r"develop|devis|build|construct|formulat|call|name|coin|dub)\w*|\b(?:propos|introduc)ed\b",
+    re.I,
+)
 
 
 ASKING_WORDS = STOPWORDS | QUESTION_WORDS | {"give", "tell", "show", "find", "list", "report", "quote", "get", "gets",
@@ -160,7 +163,10 @@ def sentence_features(qa: QuestionAnalysis, sents: list[Sentence], weights: dict
         f["cos_paper"] = s.cos * p_paper
         f["residual_description"] = f["residual"] * p_desc
         f["local_description"] = f["local"] * p_desc
-        prev_s, next_s = (sents[s.index - 1] if s.index > 0 else None), (sents[s.index + 1] if s.index + 1 < len(sents) else None)
+        prev_s, next_s = (
+            (sents[s.index - 1] if s.index > 0 else None),
+            (sents[s.index + 1] if s.index + 1 < len(sents) else None),
+        )
         f["prev_cos"] = prev_s.cos if prev_s else 0.0
         f["next_cos"] = next_s.cos if next_s else 0.0
         f["prev_local"] = coverage(local, stems[s.index - 1]) if prev_s else 0.0
@@ -204,7 +210,11 @@ def select(qa: QuestionAnalysis, cands: list[Candidate], config: AnswerConfig) -
         # Each side of a comparison is the paper that carries a name no chosen paper has yet.
         chosen = list(named[:2])
         for c in sorted(ranked, key=lambda c: -len(c.mentioned)):
-            if len(chosen) < 2 and c not in chosen and not c.mentioned <= frozenset().union(*(x.mentioned for x in chosen)):
+            if (
+                len(chosen) < 2
+                and c not in chosen
+                and not c.mentioned <= frozenset().union(*(x.mentioned for x in chosen))
+            ):
                 chosen.append(c)
         chosen += [c for c in ranked if c not in chosen][: 2 - len(chosen)]
     elif qa.answer_type == "list":

@@ -7,13 +7,13 @@ raises at load time, not as a half-filled prompt at answer time.
 from __future__ import annotations
 
 import string
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from .errors import ConfigError
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_prompt(name: str) -> str:
     try:
         return (resources.files("rag.prompts") / f"{name}.md").read_text(encoding="utf-8")

@@ -30,8 +30,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +43,17 @@ from .corpus import abstract_key, normalise_title
 from .embeddings import MAX_TOKENS, CachedEmbedder, EmbeddingCache, get_embedder
 from .errors import IndexCorruptError, IndexMismatchError, IndexMissingError
 from .index_state import IndexState, read_generation, read_marker
-from .ingest import (ID_PAGE, PAGE, WINDOW_BATCHES, IngestIssue, IngestMixin, IngestReport, ProgressFactory,
-                     _pages, content_hash)
+from .ingest import (
+    ID_PAGE,
+    PAGE,
+    WINDOW_BATCHES,
+    IngestIssue,
+    IngestMixin,
+    IngestReport,
+    ProgressFactory,
+    _pages,
+    content_hash,
+)
 from .lexicon import Lexicon
 from .lexicon_sync import LexiconSync, PaperList
 from .locking import WriteLock
@@ -138,7 +149,8 @@ class PaperStore(IngestMixin, LexiconSync):
     def ingest_embedder(self) -> CachedEmbedder:
         """Ingest embeds through a persistent cache; queries go to the model directly."""
         if self._ingest_embedder is None:
-            self._ingest_embedder = CachedEmbedder(self.embedder, EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite"))
+            cache = EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite")
+            self._ingest_embedder = CachedEmbedder(self.embedder, cache)
         return self._ingest_embedder
 
     @property
@@ -412,7 +424,7 @@ class PaperStore(IngestMixin, LexiconSync):
             return {}
         out: dict[str, PaperRecord] = {}
         for part in _pages(ids, ID_PAGE):
-            got = self._read(lambda part=part: self.papers.get(ids=list(part), include=["documents", "metadatas"]))
+            got = self._read(partial(self.papers.get, ids=list(part), include=["documents", "metadatas"]))
             for pid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"]):
                 meta = meta or {}
                 out[pid] = PaperRecord(_paper_from_record(pid, doc, meta), json.loads(meta.get("chunk_ids", "[]")),
@@ -463,8 +475,7 @@ class PaperStore(IngestMixin, LexiconSync):
         ids = [cid for rec in records.values() for cid in rec.chunk_ids]
         owner = {cid: pid for pid, rec in records.items() for cid in rec.chunk_ids}
         for part in _pages(ids, ID_PAGE):
-            got = self._read(lambda part=part: self.chunks.get(ids=list(part),
-                                                               include=["documents", "metadatas", "embeddings"]))
+            got = self._read(partial(self.chunks.get, ids=list(part), include=["documents", "metadatas", "embeddings"]))
             for cid, doc, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
                 out[owner[cid]].append((cid, doc, int(meta["index"]), np.asarray(emb, dtype=np.float32)))
         for rows in out.values():

@@ -26,11 +26,14 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from .chunking import ABBREV_END
+from .citations import MARKER, MARKER_PATTERN, defuse_markers
 from .types import Answer, Context
 
 SUPPORT_COSINE = 0.6  # max cosine between the sentence and one abstract sentence
@@ -41,27 +44,27 @@ SUPPORT_MARGIN = 0.2  # another paper whose support score is this much higher ta
 IdfFn = Callable[[str], float]
 
 
-_MARKER_RUN_AFTER_STOP = re.compile(r"([.!?])((?:\s*\[\d{1,3}\])+)(?=\s|$)")
-_MARKER = re.compile(r"\[\d{1,3}\]")
+_MARKER_RUN_AFTER_STOP = re.compile(rf"([.!?])((?:\s*{MARKER_PATTERN})+)(?=\s|$)")
 
 
 def attach_markers(text: str) -> str:
     """'A sentence. [1] Next' -> 'A sentence [1]. Next', so `claims()` gives each sentence
     its own markers (the extractive mode puts them after the full stop)."""
-    return _MARKER_RUN_AFTER_STOP.sub(lambda m: " " + "".join(_MARKER.findall(m.group(2))) + m.group(1), text)
+    return _MARKER_RUN_AFTER_STOP.sub(
+        lambda m: " " + "".join(x.group(0) for x in MARKER.finditer(m.group(2))) + m.group(1), text
+    )
 
 
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
 # The extractive answer's own connectives ("Two papers:", "Three papers compared:") state nothing.
 _CONNECTIVE = re.compile(r"^\W*(?:one|two|three|four|five|six|\d+) papers(?: compared)?:", re.I)
-_ENDS_WITH_MARKER = re.compile(r"\[\d{1,3}\]\W*$")
-ABBREV_END = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|cf|etc|approx|resp|Fig|Figs|Eq|Sec|Tab|No)\.|\b[A-Z]\.)$")
+_ENDS_WITH_MARKER = re.compile(MARKER_PATTERN + r"\W*$")
 
 
 def _strip_names(sentence: str, titles: Iterable[str]) -> str:
     """The sentence without markers and without paper titles (naming a cited paper is
     supported by that paper)."""
-    out = _MARKER.sub(" ", _PLACEHOLDER.sub(" ", sentence))
+    out = MARKER.sub(" ", _PLACEHOLDER.sub(" ", sentence))
     for t in titles:
         if t:
             out = re.sub(re.escape(t), " ", out, flags=re.I)
@@ -75,7 +78,6 @@ def answer_sentences(answer: Answer) -> list[tuple[str, list[int]]]:
     after the full stop belong to the sentence before, a paper title is never split
     ('... Alignment problem? (and ...)'), and a quoted abstract sentence that the naive
     splitter broke ('(e.g. ...', '? when ...') is joined back to the cited part."""
-    from .citations import claims
 
     titles = {c.n: c.title for c in answer.contexts}
     text = attach_markers(answer.text)
@@ -124,7 +126,7 @@ def _line_sentences(text: str, restore, abstracts: dict[int, str], out: list[tup
         # an abstract the next part cites: join them.
         while out and not _ENDS_WITH_MARKER.search(out[-1][0]):
             prev, prev_nums = out[-1]
-            tail = _MARKER.split(prev)[-1].strip(" -:;\n\t")
+            tail = MARKER.split(prev)[-1].strip(" -:;\n\t")
             if ABBREV_END.search(prev.rstrip()) or (tail and any(tail in abstracts.get(n, "") for n in nums)):
                 out.pop()
                 sent, nums = f"{prev} {sent}", list(dict.fromkeys(prev_nums + nums))
@@ -195,7 +197,7 @@ def _is_name(token: str) -> bool:
 
 def specifics(text: str) -> list[Specific]:
     """The numbers (with units) and name-like tokens a text states, markers ignored."""
-    toks = _tokens(_MARKER.sub(" ", text))
+    toks = _tokens(MARKER.sub(" ", text))
     out: list[Specific] = []
     for i, tok in enumerate(toks):
         m = _NUMBER_WITH_UNIT.match(tok)
@@ -203,7 +205,11 @@ def specifics(text: str) -> list[Specific]:
             value = m.group(1).replace(",", "").lstrip("+").replace("\u2212", "-")
             unit = _UNIT_ALIASES.get((m.group(2) or "").lower(), "")
             if not unit and i + 1 < len(toks):
-                unit = _UNIT_ALIASES.get(toks[i + 1].lower(), "") if toks[i + 1].lower() not in ("s", "h", "m", "b", "k", "x") else ""
+                unit = (
+                    _UNIT_ALIASES.get(toks[i + 1].lower(), "")
+                    if toks[i + 1].lower() not in ("s", "h", "m", "b", "k", "x")
+                    else ""
+                )
             out.append(Specific(tok, value=value, unit=unit))
         elif _is_name(tok):
             name = tok[:-1] if re.fullmatch(r"[A-Z][A-Z0-9]+s", tok) else tok  # GCNs -> GCN
@@ -261,7 +267,8 @@ def missing_specifics(sentence: str, evidence: Sequence[str]) -> list[str]:
     wanted = specifics(sentence)
     if not wanted:
         return []
-    idx = _evidence_index(" \n ".join(evidence))
+    # An abstract's own "[11]" is shown defused as "(11)" (citations.defuse_markers): the same number.
+    idx = _evidence_index(" \n ".join(defuse_markers(e) for e in evidence))
     missing = []
     for s in wanted:
         ok = _has_number(idx, s.value, s.unit) if s.value is not None else _has_name(idx, s.name or "")
@@ -315,7 +322,6 @@ class SupportChecker:
         self.weighted = weighted
         self.margin = margin
         self.idf = idf
-        self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._terms: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
 
@@ -323,17 +329,11 @@ class SupportChecker:
         return {"cosine": self.cosine, "overlap": self.overlap, "weighted": self.weighted, "margin": self.margin}
 
     def _abstract_vectors(self, paper_id: str, abstract: str) -> np.ndarray:
+        """The abstract's sentence vectors; `embed` caches them (the assistant passes its
+        `TextVectors`, the one sentence-vector cache shared with the planner)."""
         from .chunking import split_sentences
 
-        key = (paper_id, abstract)
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is None:
-            sentences = split_sentences(abstract) or [abstract]
-            hit = np.asarray(self.embed(sentences), dtype=np.float32)
-            with self._lock:
-                self._cache[key] = hit
-        return hit
+        return np.asarray(self.embed(split_sentences(abstract) or [abstract]), dtype=np.float32)
 
     def _paper_terms(self, c: Context) -> set[str]:
         from .text import terms
@@ -367,7 +367,7 @@ class SupportChecker:
             weighted = sum(w for t, w in weights.items() if t in have) / total if total > 0 else 1.0
             missing = missing_specifics(sentence, [paper_text(c)])
             out.append(Support(c.n, round(overlap, 4), round(weighted, 4), None, missing))
-            need_cos = need_cos or (want and overlap < self.overlap and weighted >= self.weighted and not missing)
+            need_cos = need_cos or bool(want and overlap < self.overlap and weighted >= self.weighted and not missing)
         if need_cos or vec is not None:
             if vec is None:
                 vec = np.asarray(self.embed([core]), dtype=np.float32)[0]
@@ -379,7 +379,7 @@ class SupportChecker:
         return out
 
     def judge(self, sentence: str, cited: Sequence[Context], others: Sequence[Context] = (),
-              idf: IdfFn | None = None) -> "Judgement":
+              idf: IdfFn | None = None) -> Judgement:
         """The sentence against the papers it cites and the other retrieved papers: which
         cited papers support it, and which other papers support it better. A cited paper
         that supports it loses it to another paper that supports it by `margin` more."""

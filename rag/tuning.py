@@ -23,10 +23,35 @@ from .errors import ConfigError
 SENTENCE_CUES = ("propos", "introduc", "present", "achiev", "outperform", "experi", "dataset", "result",
                  "show", "demonstr", "use", "base", "train", "evalu", "benchmark", "state", "design", "novel",
                  "framework", "network", "modul", "loss")
-SENTENCE_FEATURES = ("cos", "cos_gap", "coverage", "focus", "novelty", "number", "number_q", "position",
-                     "first", "last", "length", "local", "local_focus", "prev_cos", "next_cos", "prev_local", "next_local", "residual", "top_cos", "cos_paper",
-                     "residual_description", "local_description", "head", "contribution", "contribution_several", "focus_several",
-                     "names") + tuple(f"cue_{c}" for c in SENTENCE_CUES)
+SENTENCE_FEATURES = (
+    "cos",
+    "cos_gap",
+    "coverage",
+    "focus",
+    "novelty",
+    "number",
+    "number_q",
+    "position",
+    "first",
+    "last",
+    "length",
+    "local",
+    "local_focus",
+    "prev_cos",
+    "next_cos",
+    "prev_local",
+    "next_local",
+    "residual",
+    "top_cos",
+    "cos_paper",
+    "residual_description",
+    "local_description",
+    "head",
+    "contribution",
+    "contribution_several",
+    "focus_several",
+    "names",
+) + tuple(f"cue_{c}" for c in SENTENCE_CUES)
 # Per-paper features the paper scorer weighs (computed in rag/planning.py).
 PAPER_FEATURES = ("sent_cos", "dense", "coverage", "sent_coverage", "key_coverage", "lexical", "fused",
                   "inv_rank", "names", "named")
@@ -38,9 +63,20 @@ class AnswerConfig(BaseModel):
     min_similarity: float = Field(0.20, description="Abstain outright when no passage of any retrieved paper is "
                                   "this similar (cosine) to the question.")
     paper_weights: dict[str, float] = Field(
-        default_factory=lambda: {"sent_cos": 3.0, "dense": 3.0, "coverage": 3.0, "sent_coverage": 1.0, "key_coverage": 1.0,
-                                 "lexical": 0.5, "fused": 0.5, "inv_rank": 0.5, "names": 1.0, "named": 2.0},
-        description="Logistic weights of the per-paper features (PAPER_FEATURES) in P(paper answers the question).")
+        default_factory=lambda: {
+            "sent_cos": 3.0,
+            "dense": 3.0,
+            "coverage": 3.0,
+            "sent_coverage": 1.0,
+            "key_coverage": 1.0,
+            "lexical": 0.5,
+            "fused": 0.5,
+            "inv_rank": 0.5,
+            "names": 1.0,
+            "named": 2.0,
+        },
+        description="Logistic weights of the per-paper features (PAPER_FEATURES) in P(paper answers the question).",
+    )
     paper_bias: float = Field(-5.0, description="Bias of that logistic model.")
     answer_weights: dict[str, float] = Field(
         default_factory=lambda: {"sent_cos": 4.0, "key_coverage": 2.0, "coverage": 2.0},
@@ -68,7 +104,7 @@ class AnswerConfig(BaseModel):
                                  "(written by `rag fit`, informational).")
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> "AnswerConfig":
+    def load(cls, path: Path | str | None = None) -> AnswerConfig:
         source = Path(path) if path else Path(str(resources.files("rag") / "data" / "answer_config.json"))
         if not source.exists():
             if path:

@@ -13,7 +13,7 @@ import pytest
 from rag import Assistant, Settings
 from rag.errors import ConfigError
 from rag.support import SupportChecker, answer_sentences
-from rag.evaluation import (HEADLINE, Question, citation_pr, compare,
+from rag.eval import (HEADLINE, Question, citation_pr, compare,
                             fact_in, format_compare, grade, hit_at_k, is_pubmedqa, judge_answer,
                             key_fact_recall, load_pubmedqa, load_questions, mrr, ndcg_at, parse_judge_score,
                             problems, pubmedqa_assistant, recall_at_k, run, run_retrieval, summarise,
@@ -331,7 +331,7 @@ def test_reports_are_written(full_run, tmp_path):
 
 
 def _fake_run(rows: list[dict], k: int = 5) -> dict:
-    from rag.evaluation import _by_type
+    from rag.eval.metrics import _by_type
 
     for r in rows:
         r["problems"] = problems(r)

@@ -155,6 +155,13 @@ def test_specifics_numbers_units_and_names():
     assert missing_specifics("A 1.0 gain", ["a gain of 1.00"]) == []
 
 
+def test_an_abstracts_own_bracketed_number_quoted_defused_is_not_invented():
+    # The answer shows an abstract's "[11]" as "(11)" so it cannot pass for a citation.
+    evidence = ["The non-identity preservation loss via prior 3DMM models like [11]."]
+    assert missing_specifics("\u201cthe loss via prior 3DMM models like (11).\u201d [1]", evidence) == []
+    assert missing_specifics("the loss via prior 3DMM models like (12) [1]", evidence) == ["12"]
+
+
 def test_stream_splitting_keeps_abbreviations_and_list_lines(checker):
     reply = ("FaceNet learns a mapping from face images to a compact Euclidean space, e.g. for face verification [1].\n"
              "- Ada-NETS [2]\n- Ada-NETS builds face graphs with clean edges for GCNs to cluster faces [2]")

@@ -204,7 +204,8 @@ class ChatApp:
         if size > limit * 1024 * 1024:
             return (f'<div class="rag-errors"><p><strong>{r.esc(name)} is {size / 1048576:.1f} MB; the limit is '
                     f'{limit:g} MB (RAG_MAX_UPLOAD_MB). Nothing was added.</strong></p>'
-                    '<p>Split the file, or ingest it from the command line with <code>rag ingest FILE</code>.</p></div>')
+                    '<p>Split the file, or ingest it from the command line with <code>rag ingest '
+                    'FILE</code>.</p></div>')
         if path.suffix.lower() not in r.UPLOAD_TYPES:
             return (f'<div class="rag-errors"><p><strong>{r.esc(name)}: unsupported file type. '
                     f'Upload {r.esc(", ".join(r.UPLOAD_TYPES))}.</strong></p></div>')
@@ -340,7 +341,7 @@ class ChatApp:
             c["upload_status"] = gr.HTML("", elem_id="rag-upload-status")
 
     def _wire(self, c: dict[str, Any], demo: gr.Blocks) -> None:
-        private = {"api_visibility": "private"}
+        private: dict[str, Any] = {"api_visibility": "private"}
         state = [c["chatbot"], c["turns"], c["history"], c["scope"], c["k"], c["mode"], c["temperature"]]
         outputs = [c["msg"], c["chatbot"], c["sources"], c["turns"], c["history"], c["last_answer"],
                    c["export_box"], c["export_file"], c["search_all_row"], c["typed"]]
@@ -352,7 +353,9 @@ class ChatApp:
                 self.respond, [c["msg"], *state], outputs, **private)
         c["export"].click(self.export, c["last_answer"], [c["export_box"], c["export_file"]], **private)
         reset = [c["chatbot"], c["turns"], c["history"], c["sources"], c["last_answer"], c["search_all_row"]]
-        empty = lambda: ([], [], [], r.sources_html(None), None, gr.update(visible=False))  # noqa: E731
+        def empty() -> tuple:
+            return [], [], [], r.sources_html(None), None, gr.update(visible=False)
+
         c["clear"].click(empty, None, reset, queue=False, **private)
         c["chatbot"].clear(lambda: empty()[1:], None, reset[1:], queue=False, **private)
         c["mode"].change(lambda m: r.mode_html(self.assistant, m or self.default_mode), c["mode"], c["mode_box"],
@@ -405,8 +408,8 @@ def check_port(host: str, port: int) -> int:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is already in use",
-                                  f"Stop the program using it, or choose another port with --port N or "
-                                  f"RAG_UI_PORT=N (0 = any free port).") from None
+                                  "Stop the program using it, or choose another port with --port N or "
+                                  "RAG_UI_PORT=N (0 = any free port).") from None
             raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc})",
                               "Choose another address or port with --host/--port (RAG_UI_HOST/RAG_UI_PORT).") from None
     return port
