@@ -27,7 +27,7 @@ from .modes import MODES, AnswerMode, mode_class
 from .planning import Planner
 from .retrieval import Retrieval, Retriever
 from .settings import Settings, load_settings
-from .store import IngestReport, PaperStore
+from .store import IngestReport, PaperList, PaperStore
 from .tuning import AnswerConfig
 from .types import ABSTAIN_TEXT, Answer, Paper
 
@@ -146,7 +146,7 @@ class Assistant:
         that holds papers or that paper-rag did not create (an IndexMissingError says so)."""
         return self.store.index_bundled_if_new(load_bundled, progress=progress, on_wait=on_wait)
 
-    def papers(self, search: str | None = None) -> Sequence[Paper]:
+    def papers(self, search: str | None = None) -> PaperList:
         """All papers by title; with `search`, title (and id) matches first, then abstract
         matches. A lazy sequence: `len()` counts, a slice reads only its papers."""
         return self.store.list_papers(search)

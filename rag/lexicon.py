@@ -14,8 +14,8 @@
 Scores are bm25s's "lucene" BM25 (k1 = 1.2, b = 0.75), computed the way bm25s computes
 them (same float64 steps, stored as float32, query terms summed in order), so rankings are
 the same as with an in-memory bm25s index over the same documents. SQLite FTS5 was the other
-candidate: at 100k abstracts it answered in ~52 ms p50 against ~0.5 ms here, and its bm25()
-differs from the scores this product's rankings were fitted with (bench/README.md).
+candidate; its bm25() differs from the scores this product's rankings were fitted with (no
+side-by-side timing of it is in bench/).
 
 The lexicon is a cache of the store: `PaperStore` updates it as it writes and reconciles it
 with the store (paper ids and content hashes) when they disagree, e.g. after a killed ingest,
@@ -445,6 +445,18 @@ class Lexicon:
                                        (limit,)).fetchall()
             return self.db.execute("SELECT title_lower, seq, pid FROM docs WHERE (title_lower, seq) > (?, ?) "
                                    "ORDER BY title_lower, seq LIMIT ?", (*after, limit)).fetchall()
+
+    def titles(self, page: int = 5000) -> Iterator[str]:
+        """Every title (in index order), a page at a time: the landing page counts their words."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self.db.execute("SELECT seq, title FROM docs WHERE seq > ? ORDER BY seq LIMIT ?",
+                                       (last, page)).fetchall()
+            if not rows:
+                return
+            yield from (title for _, title in rows)
+            last = rows[-1][0]
 
     def title_matches(self, needle: str) -> list[str]:
         """Ids whose lower-cased title contains `needle` or whose lower-cased id is it, by title."""

@@ -169,6 +169,12 @@ class PaperList(Sequence):
             raise IndexError(i)
         return got[0]
 
+    def titles(self) -> Iterator[str]:
+        """The listed papers' titles; without a search, from the lexicon (no record is read)."""
+        if self._ids is None:
+            return self.lexicon.titles()
+        return (p.title for p in self)
+
     def __iter__(self) -> Iterator[Paper]:
         if self._ids is not None:
             for part in _pages(self._ids, ID_PAGE):

@@ -244,6 +244,7 @@ def test_paper_listing_pages_in_title_order(built_index):
     assert [p.id for p in listed[10:13]] == [p.id for p in everything[10:13]]
     assert listed[-1].id == everything[-1].id
     assert [p.id for p in listed] == [p.id for p in everything]  # iterating pages through the same order
+    assert sorted(listed.titles()) == sorted(p.title for p in everything)  # from the lexicon, no record read
     for needle in ("FaceNet", "landmark", "diffusion", "  GAN ", "zebra-quokka", "facenet-a-unified-embedding-for-face-recognition"):
         n = needle.lower().strip()
         in_title = [p for p in everything if n in p.title.lower() or n == p.id.lower()]
