@@ -43,6 +43,7 @@ class Runtime:
 
 
 def _build(threads: int) -> Runtime:
+    import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -58,7 +59,15 @@ def _build(threads: int) -> Runtime:
     counter = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     counter.no_padding()
     counter.no_truncation()
-    return Runtime(tokenizer, counter, session, {i.name for i in session.get_inputs()})
+    names = {i.name for i in session.get_inputs()}
+    # One tiny run here, on the loading thread: ONNX Runtime plans and allocates on its first
+    # run (~0.1 s), which would otherwise land on the first question.
+    ids = np.asarray([tokenizer.encode("warm up").ids], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if "token_type_ids" in names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    session.run(None, feeds)
+    return Runtime(tokenizer, counter, session, names)
 
 
 _loads: dict[int, Future] = {}
