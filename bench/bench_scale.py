@@ -7,10 +7,13 @@ ori_pqal.json from ../shared/datasets/pubmedqa, skipped cleanly if absent). Ever
 paper has a distinct id and title; corpora are nested (the 1k corpus is a prefix of the 2k one)
 and deterministic (seeded).
 
-Each size runs in its own subprocess with a fresh data dir, so model load, BM25 build and peak
-RSS are per process. Per size: model load time, ingest time (with progress lines), index size
-on disk, peak RSS, BM25 build time (a fresh `Retriever.lexical()`), retrieve and extractive ask
-p50/p95 (~50 questions; ask twice: first pass fills the sentence-vector cache, second is warm).
+Each size runs in its own subprocess with a fresh data dir: it builds the index (ingest time,
+index size on disk, the BM25 build), then starts another process that only opens the index and
+answers (~50 questions: open + first answer, retrieve and extractive ask p50/p95, ask twice:
+first pass fills the sentence-vector cache, second is warm), so that peak RSS is what answering
+costs. With --reuse-vectors the index of those sizes is built from re-used real vectors (see
+`prefill_reused_vectors`; the output says so), which is how the 100k query path is measured
+without hours of CPU embedding.
 
 Results are merged into bench/results/scale.json after each size (a rerun skips sizes already
 there unless --force) and plotted to bench/results/scale.png.
@@ -18,6 +21,7 @@ A killed run can continue its half-built index with --resume-ingest (the product
 already committed; the ingest time then adds the checkpointed time of the earlier attempt).
 
     python bench/bench_scale.py [--quick] [--sizes 1000 2000 5000 10000] [--questions 50] [--force]
+    python bench/bench_scale.py --sizes 10000 100000 --reuse-vectors 10000 100000
     python bench/bench_scale.py --plot-only
     python bench/bench_scale.py --profile 2000      # cProfile of ingest + first ask at one size
     python bench/bench_scale.py --profile-queries /tmp/paper-rag-bench-scale/size-10000   # after --keep
