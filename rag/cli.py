@@ -240,9 +240,12 @@ def cmd_fit(args) -> int:
 
 def cmd_serve(args) -> int:
     """The chat UI; on first use the bundled corpus is indexed, with a progress bar."""
+    from .ports import check_port
     from .ui import launch
 
     a = _assistant(args)
+    s = a.settings
+    check_port(args.host or s.ui_host, s.ui_port if args.port is None else args.port)  # before any indexing
     print(f"paper-rag: index at {a.store.location}", flush=True)
     report = a.ensure_index(progress=_progress(), on_wait=_say)
     if report is not None:
@@ -256,14 +259,16 @@ def cmd_serve(args) -> int:
 def cmd_api(args) -> int:
     """The OpenAI-compatible HTTP API (rag/api.py); indexes the bundled corpus on first use."""
     from .api import MODEL_PREFIX, serve
+    from .ports import check_port
 
     a = _assistant(args)
+    s = a.settings
+    host, port = args.host or s.api_host, s.api_port if args.port is None else args.port
+    check_port(host, port, env="RAG_API")  # before any indexing
     print(f"paper-rag: index at {a.store.location}", flush=True)
     report = a.ensure_index(progress=_progress())
     if report is not None:
         print(f"paper-rag: indexed the bundled corpus: {report.summary()}", flush=True)
-    s = a.settings
-    host, port = args.host or s.api_host, s.api_port if args.port is None else args.port
     models = ", ".join([MODEL_PREFIX] + [f"{MODEL_PREFIX}-{m}" for m in a.available_modes()])
     print(f"paper-rag: {a.count()} papers; {a.describe_mode()}", flush=True)
     print(f"paper-rag: OpenAI-compatible API at http://{host}:{port}/v1 (models: {models}; "

@@ -88,6 +88,7 @@ def test_asking_an_empty_index_says_how_to_fix(tmp_path):
     assert "rag ingest" in exc.value.hint
 
 
+@pytest.mark.slow
 def test_ensure_index_builds_once(tmp_path):
     a = Assistant(Settings(data_dir=tmp_path / "fresh"))
     report = a.ensure_index()

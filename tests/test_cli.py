@@ -186,17 +186,19 @@ def test_bad_settings_flags_and_files_are_one_clear_error(tmp_path, env, argv, n
     assert not (tmp_path / "chroma").exists()  # nothing was built in the current folder
 
 
-def test_a_busy_port_is_a_clear_error(index_copy):
+@pytest.mark.parametrize("command, env", [("serve", "RAG_UI_PORT"), ("api", "RAG_API_PORT")])
+def test_a_busy_port_is_a_clear_error_before_any_indexing(tmp_path, command, env):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        out = run(["serve", "--port", str(port)], index_copy)
+        out = run([command, "--port", str(port)], tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"error: port {port} on 127.0.0.1 is already in use" in out.stderr
-    assert "--port" in out.stderr and "RAG_UI_PORT" in out.stderr
+    assert "--port" in out.stderr and env in out.stderr
+    assert not (tmp_path / "chroma").exists()  # it failed before indexing the bundled corpus
 
 
 def test_ingest_with_id_conflicts_keeps_the_indexed_papers_and_exits_1(index_copy, tmp_path):

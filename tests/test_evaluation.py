@@ -279,6 +279,7 @@ def full_run(assistant):
     return run(assistant, load_questions(QUESTIONS), progress=False, source=str(QUESTIONS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FLOORS))
 def test_regression_gate(name, full_run, assistant):
     path = ROOT / "eval" / f"{name}.jsonl"
@@ -414,6 +415,7 @@ def test_pubmedqa_separate_index_and_cli(tmp_path, capsys):
     assert not (data_dir / "chroma").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PUBMEDQA.is_file(), reason="../shared/datasets/pubmedqa is absent")
 def test_pubmedqa_real_file_first_50(tmp_path):
     """The real file loads whole; retrieval is checked on its first 50 questions (the CLI does all 1,000)."""

@@ -34,6 +34,7 @@ def chroma_server(tmp_path):
         yield url
 
 
+@pytest.mark.slow
 def test_same_answers_through_a_chroma_server(chroma_server, tmp_path):
     papers = load_bundled()[:40]
     remote = Assistant(Settings(data_dir=tmp_path / "client", chroma_url=chroma_server, mode="extractive"))

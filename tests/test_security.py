@@ -343,6 +343,7 @@ def test_llm_errors_in_process_do_not_carry_the_key(built_index):
     _assert_no_sentinel(str(info.value))
 
 
+@pytest.mark.slow
 def test_cli_ask_does_not_leak_the_key(index_copy, tmp_path):
     with OpenAIServer(_answer_citing_first) as ok:
         text = _cli(["ask", ADA_Q], index_copy, ok.base_url)

@@ -506,6 +506,7 @@ def test_an_index_that_comes_back_empty_is_reported(index_copy):
         _assistant(index_copy).ensure_index()
 
 
+@pytest.mark.slow
 def test_the_bundled_corpus_goes_only_into_a_new_index(tmp_path, corpus):
     from rag.errors import IndexMissingError
 
@@ -530,6 +531,7 @@ def test_the_bundled_corpus_goes_only_into_a_new_index(tmp_path, corpus):
         _assistant(foreign).ensure_index()
 
 
+@pytest.mark.slow
 def test_an_interrupted_first_indexing_is_finished(tmp_path, corpus):
     data = tmp_path / "d"
     store = PaperStore(Settings(data_dir=data))

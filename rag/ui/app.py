@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from ..errors import ConfigError, CorpusError, CorpusErrors, RagError
+from ..ports import check_port
 from ..types import Answer, Paper
 from . import render as r
 from .chat import ChatController, Step, turn_of
@@ -388,28 +388,3 @@ def launch(assistant, host: str | None = None, port: int | None = None, share: b
     port = check_port(host, port)
     demo = create_app(assistant)
     return demo.launch(server_name=host, server_port=port or None, share=share)
-
-def check_port(host: str, port: int) -> int:
-    """A busy port or an address this machine cannot bind is a ConfigError naming both,
-    before Gradio (which would retry, then raise a bare OSError)."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ConfigError(f"cannot serve on host '{host}': the address cannot be resolved ({exc})",
-                          "Pass a local address with --host or RAG_UI_HOST, e.g. 127.0.0.1 (this machine only) "
-                          "or 0.0.0.0 (every interface).") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is already in use",
-                                  "Stop the program using it, or choose another port with --port N or "
-                                  "RAG_UI_PORT=N (0 = any free port).") from None
-            raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc})",
-                              "Choose another address or port with --host/--port (RAG_UI_HOST/RAG_UI_PORT).") from None
-    return port
