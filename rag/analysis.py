@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 
 import numpy as np
 
@@ -255,13 +255,20 @@ class TypeModel:
         return [ANSWER_TYPES[i] for i in np.argmax(x @ self.w + self.b, axis=1)]
 
 
+class NameLookup(Protocol):
+    """A lower-cased word -> the name the corpus spells it as (a dict, or the lexicon's
+    on-disk map: `rag.lexicon.CorpusNames`)."""
+
+    def get(self, word: str, /) -> str | None: ...
+
+
 @dataclass
 class Analyzer:
     """Builds a `QuestionAnalysis`; `corpus_names` maps lower-cased words to the names the
     corpus spells with capitals (refreshed by the caller when the corpus changes)."""
 
     type_model: TypeModel
-    corpus_names: dict[str, str] = field(default_factory=dict)
+    corpus_names: NameLookup = field(default_factory=lambda: dict[str, str]())
 
     def analyse(self, question: str) -> QuestionAnalysis:
         names = named_things(question, self.corpus_names.get)
@@ -271,15 +278,34 @@ class Analyzer:
                                 terms=tuple(content_terms(question)), names=tuple(names))
 
 
+_NAME_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]")
+
+
+def name_spellings(text: str) -> tuple[dict[str, str], set[str]]:
+    """What one text contributes to `corpus_names`: its name-shaped words without digits
+    (lower-cased -> the first spelling in the text) and the words it writes in lower case."""
+    names: dict[str, str] = {}
+    plain: set[str] = set()
+    for tok in _NAME_TOKEN.findall(text):
+        if tok.isalpha() and tok.islower():  # the common case, never a name shape
+            plain.add(tok)
+        elif _is_name_shape(tok) and not any(ch.isdigit() for ch in tok):
+            names.setdefault(tok.lower(), tok)
+        elif tok.islower():
+            plain.add(tok)
+    return names, plain
+
+
 def corpus_names(texts: Iterable[str]) -> dict[str, str]:
     """Lower-cased word -> its spelling, for every word the corpus only ever writes as a
-    name ('lfw' -> 'LFW'; not 'face', which it also writes as a word)."""
+    name ('lfw' -> 'LFW'; not 'face', which it also writes as a word). The spelling is
+    the first one in corpus order. (An index keeps this map on disk, built incrementally
+    from `name_spellings`: see `rag.lexicon`.)"""
     out: dict[str, str] = {}
     plain: set[str] = set()
     for text in texts:
-        for tok in re.findall(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]", text):
-            if _is_name_shape(tok) and not any(ch.isdigit() for ch in tok):
-                out.setdefault(tok.lower(), tok)
-            elif tok.islower():
-                plain.add(tok)
+        names, words_ = name_spellings(text)
+        for low, spelled in names.items():
+            out.setdefault(low, spelled)
+        plain |= words_
     return {k: v for k, v in out.items() if k not in plain}

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .analysis import Analyzer, TypeModel, corpus_names
+from .analysis import Analyzer, TypeModel
 from .citations import build_citations, check_markers
 from .corpus import LoadResult, load_bundled, load_corpus
 from .embeddings import TextVectors
@@ -27,7 +27,7 @@ from .modes import MODES, AnswerMode, mode_class
 from .planning import Planner
 from .retrieval import Retrieval, Retriever
 from .settings import Settings, load_settings
-from .store import IngestReport, PaperStore
+from .store import IngestReport, PaperList, PaperStore
 from .tuning import AnswerConfig
 from .types import ABSTAIN_TEXT, Answer, Paper
 
@@ -77,10 +77,10 @@ class Assistant:
         return self._extractive
 
     def refresh_names(self, revision: str) -> None:
-        """Names the corpus spells with capitals, so lower-case questions still name them."""
+        """Names the corpus spells with capitals, so lower-case questions still name them
+        (`analysis.corpus_names`, kept on disk by the lexicon and read per word)."""
         if self._names_rev != revision:
-            papers = self.store.all_papers(revision)
-            self.extractive.analyzer.corpus_names = corpus_names(f"{p.title} {p.abstract}" for p in papers.values())
+            self.extractive.analyzer.corpus_names = self.store.corpus_names()
             self._names_rev = revision
 
     @property
@@ -121,7 +121,7 @@ class Assistant:
         return self.store.count()
 
     def paper(self, paper_id: str) -> Paper | None:
-        return self.store.all_papers().get(paper_id)
+        return self.store.get_papers([paper_id]).get(paper_id)
 
     def ingest(self, paths: Iterable[str | Path] = (), papers: Sequence[Paper] | None = None,
                progress=None, skip_invalid: bool = False, replace_all: bool = False, replace: bool = False,
@@ -146,15 +146,10 @@ class Assistant:
         that holds papers or that paper-rag did not create (an IndexMissingError says so)."""
         return self.store.index_bundled_if_new(load_bundled, progress=progress, on_wait=on_wait)
 
-    def papers(self, search: str | None = None) -> list[Paper]:
-        """All papers by title; with `search`, title (and id) matches first, then abstract matches."""
-        papers = sorted(self.store.all_papers().values(), key=lambda p: p.title.lower())
-        if not search:
-            return papers
-        needle = search.lower().strip()
-        in_title = [p for p in papers if needle in p.title.lower() or needle == p.id.lower()]
-        in_abstract = [p for p in papers if p not in in_title and needle in p.abstract.lower()]
-        return in_title + in_abstract
+    def papers(self, search: str | None = None) -> PaperList:
+        """All papers by title; with `search`, title (and id) matches first, then abstract
+        matches. A lazy sequence: `len()` counts, a slice reads only its papers."""
+        return self.store.list_papers(search)
 
     # --- asking -----------------------------------------------------------------
     def _clean_question(self, question: str) -> tuple[str, str | None]:

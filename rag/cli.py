@@ -30,6 +30,10 @@ def _assistant(args):
     if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
     settings = load_settings(**overrides)  # before the heavy imports: a bad value fails fast
+    if settings.embeddings == "onnx" and getattr(args, "func", None) is not cmd_papers:
+        from .minilm import load_async
+
+        load_async(settings.embedding_threads)  # the model loads on a thread while Chroma is imported and opened
 
     from .assistant import Assistant
 
@@ -209,8 +213,8 @@ def _eval_questions(args, set_path: Path) -> dict:
                            "Set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server); "
                            "the judge uses RAG_LLM_MODEL. Answers can still come from --mode extractive.") from None
     a.ensure_index(progress=_progress())
-    indexed = set(a.store.all_papers())
-    missing = sorted({g for q in questions for g in q.gold} - indexed)
+    gold = {g for q in questions for g in q.gold}
+    missing = sorted(gold - a.store.existing_ids(gold))
     if missing:
         print(f"warning: {len(missing)} gold paper(s) are not in the index at {a.store.location} "
               f"(e.g. {missing[0]}); retrieval scores will be low. The set is written for the bundled "

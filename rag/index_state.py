@@ -80,9 +80,16 @@ class IndexState:
 
 def read_generation(data_dir: Path) -> str | None:
     """The current generation, cheaply and silently (called once per question)."""
+    return read_marker(data_dir)[0]
+
+
+def read_marker(data_dir: Path) -> tuple[str | None, bool]:
+    """(generation, writing) cheaply and silently; (None, False) without a readable marker."""
     try:
         data = json.loads((Path(data_dir) / MARKER_NAME).read_text(encoding="utf-8"))
-        gen = data.get("generation") if isinstance(data, dict) else None
-        return gen if isinstance(gen, str) else None
     except (OSError, ValueError):
-        return None
+        return None, False
+    if not isinstance(data, dict):
+        return None, False
+    gen = data.get("generation")
+    return (gen if isinstance(gen, str) else None), data.get("writing") is True

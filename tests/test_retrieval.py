@@ -103,38 +103,42 @@ def test_paper_ids_filter_restricts_results(retriever):
 
 
 def test_lexical_index_scores():
-    papers = {p.id: p for p in load_bundled()[:20]}
-    lex = LexicalIndex.load_or_build(papers, "rev-1", None)
-    assert lex.ids == list(papers)
+    papers = load_bundled()[:20]
+    lex = LexicalIndex.from_documents([p.id for p in papers],
+                                      [terms(f"{p.title} {p.title} {p.abstract}") for p in papers], "rev-1")
+    assert list(lex.ids) == [p.id for p in papers]
     scores = lex.scores(terms("Ada-NETS face clustering"))
     assert lex.ids[int(scores.argmax())] == "ada-nets-face-clustering-via-adaptive-neighbour"
     assert not lex.scores(terms("zyxwvut qqqq")).any()  # unknown words score nothing
-    assert lex.term_idf("zyxwvut") == lex.oov_idf > max(lex.idf.values())
-    empty = LexicalIndex.load_or_build({}, "rev-0", None)
+    assert lex.term_idf("zyxwvut") == lex.oov_idf > lex.term_idf("face")
+    empty = LexicalIndex.from_documents([], [], "rev-0")
     assert empty.scores(["face"]).shape == (0,)
 
 
 def test_lexical_index_is_persisted_and_updated_incrementally(tmp_path, monkeypatch):
-    import rag.retrieval as retrieval
+    import rag.lexicon as lexicon
 
-    papers = {p.id: p for p in load_bundled()[:20]}
-    folder = tmp_path / "lexical"
-    first = LexicalIndex.load_or_build(papers, "rev-1", folder)
-    assert (folder / "bm25" / "lexical.json").exists() and (folder / "tokens.json").exists()
+    papers = load_bundled()[:20]
+    lex = lexicon.Lexicon(tmp_path / "lexical")
+    lex.upsert((p.id, "h", p.title, p.abstract) for p in papers)
+    first = lex.build("rev-1")
+    assert isinstance(first.data, np.memmap)  # read from disk, not loaded
+    assert list(first.ids) == [p.id for p in papers]
 
     calls = []
-    real_terms = retrieval.terms
-    monkeypatch.setattr(retrieval, "terms", lambda text, *a, **k: calls.append(text) or real_terms(text, *a, **k))
-    again = LexicalIndex.load_or_build(papers, "rev-1", folder)  # same revision: loaded, nothing tokenized
-    assert calls == [] and again.ids == first.ids
+    real_terms = lexicon.terms
+    monkeypatch.setattr(lexicon, "terms", lambda text, *a, **k: calls.append(text) or real_terms(text, *a, **k))
+    again = lexicon.Lexicon(tmp_path / "lexical").open_build("rev-1")  # another process: opened, nothing tokenized
+    assert calls == [] and list(again.ids) == list(first.ids)
     q = terms("Ada-NETS face clustering")
-    assert np.allclose(again.scores(q), first.scores(q))
+    assert np.array_equal(again.scores(q), first.scores(q))
 
     extra = load_bundled()[20]
-    grown = {**papers, extra.id: extra}
-    updated = LexicalIndex.load_or_build(grown, "rev-2", folder)  # one new paper: only it is tokenized
+    lex.upsert([(extra.id, "h", extra.title, extra.abstract)])  # one new paper: only it is tokenized
+    updated = lex.build("rev-2")
     assert len(calls) == 1 and extra.title in calls[0]
-    assert updated.ids[-1] == extra.id
+    assert updated.ids[-1] == extra.id and len(updated.ids) == 21
+    assert lex.open_build("rev-1") is None  # older builds are removed
 
 
 def test_lexical_index_rebuilds_when_store_changes(index_copy):
@@ -144,7 +148,7 @@ def test_lexical_index_rebuilds_when_store_changes(index_copy):
     before = retriever.lexical()
     assert retriever.lexical() is before  # cached while nothing changes
     word = "Quokkaformer"
-    assert f"{word.lower()}" not in before.idf
+    assert before.doc_freq(terms(word)[0]) == 0
 
     extra = Paper(id="quokka-paper", title=f"{word}: Counting Marsupials in Camera Trap Images",
                   abstract=f"We introduce {word}, a transformer that counts quokkas in camera trap images "

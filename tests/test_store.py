@@ -261,9 +261,10 @@ def test_index_built_with_another_model_is_refused(settings, corpus):
 
 
 def test_failed_batch_keeps_committed_papers_and_next_ingest_completes(tmp_path, corpus, real_embedder):
-    # batch size 1 -> a batch is flushed every 4 chunks, i.e. about one paper per embed call
+    # batch size 1 -> ingest embeds a window of ~32 chunks (WINDOW_BATCHES batches) per call,
+    # about 6 papers; 15 papers take three calls and the second one fails
     settings = Settings(data_dir=tmp_path / "idx", embedding_batch_size=1)
-    papers = corpus[:6]
+    papers = corpus[:15]
     flaky = FlakyEmbedder(real_embedder, fail_on=2)
     store = PaperStore(settings, embedder=flaky)
     with pytest.raises(RuntimeError, match="embedding crashed"):
@@ -278,11 +279,11 @@ def test_failed_batch_keeps_committed_papers_and_next_ingest_completes(tmp_path,
     assert report.unchanged == len(committed)
     assert sorted(report.added) == sorted({p.id for p in papers} - committed)
     assert report.updated == []
-    assert retry.count() == 6
+    assert retry.count() == 15
     expected = sum(len(retry.chunker.chunk_paper(p)) for p in papers)
     assert retry.chunks.count() == expected
     _assert_consistent(retry)
-    assert retry.ingest(papers).unchanged == 6
+    assert retry.ingest(papers).unchanged == 15
 
 
 def test_delete_papers(settings, corpus):
@@ -459,9 +460,15 @@ def test_records_of_older_indexes_get_their_keys_computed(settings, corpus):
     got = store.papers.get(include=["metadatas"])
     stripped = [{**m, "title_key": None, "abstract_key": None} for m in got["metadatas"]]  # None deletes a key
     store.papers.update(ids=got["ids"], metadatas=stripped)
+    store._set_meta(paper_keys=None)  # an older index does not say its records carry the keys
     assert "abstract_key" not in store.papers.get(include=["metadatas"])["metadatas"][0]
     report = store.ingest([_paper("copy", "Copy", corpus[0].abstract)])
     assert [d.indexed_id for d in report.duplicates] == [corpus[0].id]
+    # the keys were written back once, so later ingests find duplicates by lookup
+    assert all(m.get("abstract_key") for m in store.papers.get(include=["metadatas"])["metadatas"])
+    assert store._collection_meta().get("paper_keys") == 1
+    report = store.ingest([_paper("copy-2", corpus[1].title.upper(), "Another abstract.")])
+    assert [d.indexed_id for d in report.duplicates] == [corpus[1].id]
 
 
 # --- damage is reported, never papered over -----------------------------------------------------
@@ -585,23 +592,31 @@ def test_a_garbage_embedding_cache_is_moved_aside(index_copy, caplog):
     assert cache.with_name("embeddings.sqlite.broken").read_bytes().startswith(b"garbage")
 
 
-@pytest.mark.parametrize("name, content", [("tokens.json", "[1, 2"), ("tokens.json", "[1, 2]"),
-                                           ("bm25/params.index.json", "{bad"), ("bm25/lexical.json", "[]")])
-def test_a_damaged_lexical_cache_is_rebuilt(index_copy, caplog, name, content):
+@pytest.mark.parametrize("name, content", [("lexicon.sqlite", b"garbage " * 500), ("lexicon.sqlite", b""),
+                                           ("bm25/data.npy", b"{bad"), ("bm25/build.json", b"[]"),
+                                           ("bm25/ids_offsets.npy", b"\x93NUMPY")])
+def test_a_damaged_lexical_index_is_rebuilt(index_copy, caplog, name, content):
+    """The lexicon (SQLite) and its BM25 build are caches of the store: damage is reported
+    with a warning and they are rebuilt from the index, never an error."""
     a = _assistant(index_copy)
-    a.ask("Which paper clusters faces?")  # writes the lexical cache
-    target = index_copy / "lexical" / "papers" / name
+    a.ask("Which paper clusters faces?")  # the lexical index exists (the ingest built it)
+    folder = index_copy / "lexical" / "papers"
+    if name.startswith("bm25/"):
+        target = next(folder.glob("bm25-*")) / name.split("/", 1)[1]
+    else:
+        target = folder / name
+        for side in ("-wal", "-shm"):
+            folder.joinpath(name + side).unlink(missing_ok=True)
     assert target.exists()
-    target.write_text(content)
-    if name == "tokens.json":  # read only when BM25 is rebuilt
-        import shutil
-
-        shutil.rmtree(target.parent / "bm25")
+    a.store.lexicon.close()  # the damage happens between two runs
+    target.write_bytes(content)
     b = _assistant(index_copy)
     with caplog.at_level("WARNING", logger="rag"):
         answer = b.ask("What accuracy does FaceNet reach on LFW?")
     assert answer.citations[0].paper_id == "facenet-a-unified-embedding-for-face-recognition"
-    assert any("damaged" in r.getMessage() for r in caplog.records)
+    if content:  # (an empty file is an empty SQLite database: rebuilt without a word)
+        assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert b.store.lexicon.count() == 119
 
 
 def test_a_damaged_marker_only_costs_its_checks(index_copy, caplog):

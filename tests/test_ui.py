@@ -199,6 +199,16 @@ def test_mode_banner_names_the_mode_and_how_to_enable_an_llm(assistant):
     assert ui.available_modes(llm)[:2] == ["extractive", "openai"]
 
 
+def test_mode_banner_says_how_to_add_the_local_mode_when_it_is_missing(assistant, monkeypatch):
+    import rag.local_llm
+
+    monkeypatch.setattr(rag.local_llm, "local_available", lambda settings=None: False)
+    html = ui.mode_html(assistant, "extractive")
+    assert "local" not in ui.available_modes(assistant) and "make install-local" in html
+    monkeypatch.setattr(rag.local_llm, "local_available", lambda settings=None: True)
+    assert "make install-local" not in ui.mode_html(assistant, "extractive")
+
+
 # --- follow-ups ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("q,want", [

@@ -180,13 +180,10 @@ class Service:
             return Plan(req.question)
         if not req.history:
             return followup(req.question, None)
-        by_title: dict[str, str] = {}
 
         def paper_id_for(title: str) -> str | None:
-            """A title from a references list -> its paper id (the index is read once per request)."""
-            if not by_title:
-                by_title.update({title_key(p.title): pid for pid, p in self.assistant.store.all_papers().items()})
-            return by_title.get(title_key(title))
+            """A title from a references list -> its paper id (looked up by its normalised title)."""
+            return self.assistant.store.paper_id_by_title(title, lambda a, b: title_key(a) == title_key(b))
 
         turns = turns_from_messages(req.history, paper_id_for)
         return followup(req.question, turns[-1] if turns else None)

@@ -262,7 +262,7 @@ class ChatApp:
                                  (("turns", []), ("history", []), ("scope", []), ("last_answer", None),
                                   ("selected", None), ("typed", ""))}
             papers = self.assistant.papers()
-            gr.Markdown(r.overview_markdown(len(papers), r.corpus_topics(p.title for p in papers)),
+            gr.Markdown(r.overview_markdown(len(papers), r.corpus_topics(papers.titles())),
                         elem_id="rag-overview")
             c["mode_box"] = gr.HTML(r.mode_html(self.assistant, self.default_mode), elem_id="rag-mode")
             with gr.Tabs(selected="ask") as c["tabs"]:
