@@ -70,9 +70,9 @@ def main() -> int:
         return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
     if "idf" in inspect.signature(SupportChecker).parameters:
-        from rag.retrieval import LexicalIndex
+        from rag.lexicon import LexicalIndex, doc_text
 
-        lex = LexicalIndex([p.id for p in papers], [terms(LexicalIndex.doc_text(p)) for p in papers])
+        lex = LexicalIndex.from_documents([p.id for p in papers], [terms(doc_text(p.title, p.abstract)) for p in papers])
         checker = SupportChecker(embed, idf=lex.term_idf)  # the IDF the product passes: BM25's, same corpus
     else:
         checker = SupportChecker(embed)

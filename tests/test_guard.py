@@ -8,7 +8,7 @@ import pytest
 
 from rag.corpus import load_bundled
 from rag.guard import FLAG, SentenceGuard, guard_note
-from rag.retrieval import LexicalIndex
+from rag.lexicon import LexicalIndex, doc_text
 from rag.support import SupportChecker, missing_specifics, specifics
 from rag.text import terms
 from rag.types import Context
@@ -32,7 +32,7 @@ def checker() -> SupportChecker:
     from rag.settings import Settings
 
     papers = list(PAPERS.values())
-    lex = LexicalIndex([p.id for p in papers], [terms(LexicalIndex.doc_text(p)) for p in papers])
+    lex = LexicalIndex.from_documents([p.id for p in papers], [terms(doc_text(p.title, p.abstract)) for p in papers])
     return SupportChecker(get_embedder(Settings()).embed, idf=lex.term_idf)
 
 
