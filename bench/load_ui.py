@@ -15,6 +15,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +27,17 @@ sys.path.insert(0, str(ROOT))
 def run_load(url: str, questions: list[str], requests: int, concurrency: int) -> dict:
     from gradio_client import Client
 
-    clients = [Client(url, verbose=False) for _ in range(concurrency)]
+    # One client per worker thread: a gradio_client Client shares one event stream between the jobs
+    # running on it, and two threads predicting through one client at once sometimes end a job
+    # with a bare CancelledError on the client side (1 run in 6 of the load test).
+    local = threading.local()
     latencies: list[float] = []
     errors: list[str] = []
 
     def one(i: int) -> None:
-        client = clients[i % concurrency]
+        if not hasattr(local, "client"):
+            local.client = Client(url, verbose=False)
+        client = local.client
         t = time.perf_counter()
         try:
             out = client.predict(questions[i % len(questions)], api_name="/ask")
