@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..support import SupportChecker
+from ..support import IdfFn, SupportChecker
 from ..types import Answer
 from .datasets import Question
 
@@ -164,7 +164,7 @@ def citation_pr(cited: Iterable[str], gold: Iterable[str]) -> tuple[float, float
 # --- grading one answer ----------------------------------------------------------------
 
 def grade(q: Question, a: Answer, k: int, ranking: Sequence[str] | None = None,
-          support: SupportChecker | None = None) -> dict[str, Any]:
+          support: SupportChecker | None = None, idf: IdfFn | None = None) -> dict[str, Any]:
     """Metrics of one answer. `ranking` is a deeper ranking for nDCG@10 (default: the
     answer's own contexts); `support` adds groundedness."""
     retrieved = [c.paper_id for c in sorted(a.contexts, key=lambda c: c.rank or c.n)]
@@ -173,7 +173,7 @@ def grade(q: Question, a: Answer, k: int, ranking: Sequence[str] | None = None,
                            "retrieved": retrieved[:k], "invalid_citations": a.invalid_citations,
                            "group": q.group, "style": q.style}
     if support is not None and not a.abstained:
-        g = support.check(a)
+        g = support.check(a, idf=idf)
         row["groundedness"] = g["groundedness"]
         row["sentences"] = g["sentences"]
         row["invented_specifics"] = g["invented"]

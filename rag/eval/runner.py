@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..support import SupportChecker
 from ..types import Answer
 from .datasets import Question
 from .metrics import (
@@ -99,8 +98,9 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
     if mode == "openai":
         _ = assistant.llm  # no LLM configured: one ConfigError now, not one per question
     llm = assistant.llm if judge else None
-    # The same check as the guard's, with the corpus's IDF for the rare-word test.
-    checker = SupportChecker(assistant.vectors, idf=assistant.retriever.lexical().term_idf)
+    # The guard's own check (one per assistant), with the corpus's IDF for the rare-word test.
+    checker = assistant.support_checker()
+    idf = assistant.retriever.lexical().term_idf
     started, t0 = _now(), time.perf_counter()
 
     def one(q: Question) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def run(assistant, questions: Sequence[Question], k: int | None = None, mode: st
             ranking = None
             if k < 10 and q.answerable:
                 ranking = [c.paper_id for c in assistant.retrieve(q.question, k=10).contexts]
-            row = {**base, **grade(q, answer, k, ranking=ranking, support=checker)}
+            row = {**base, **grade(q, answer, k, ranking=ranking, support=checker, idf=idf)}
             row.update(answer=answer.text, abstain_reason=answer.meta.get("abstain_reason"),
                        total_ms=round((t_end - t_start) * 1000, 1),
                        first_token_ms=round(((first or t_end) - t_start) * 1000, 1),
