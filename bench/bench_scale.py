@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (RESULTS, ROOT, Progress, clean_env, du_bytes, load_question_texts, loadavg,  # noqa: E402
-                      machine_info, summary_ms, write_json)
+                      machine_info, memory_mib, summary_ms, write_json)
 
 PUBMED = ROOT.parent / "shared" / "datasets" / "pubmedqa" / "ori_pqal.json"
 DEFAULT_SIZES = [1000, 2000, 5000, 10000]
@@ -162,11 +162,9 @@ def prefill_reused_vectors(papers, settings, progress_every: int = 10000) -> dic
 
 
 # --- one size, in its own process ---------------------------------------------------------------
-def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool, reuse: bool = False) -> None:
-    """Build the index of one size (real embeddings, or re-used ones with `reuse`), then answer
-    in a separate process (`query_worker`), so its peak RSS is what answering costs."""
-    import resource
-
+def worker(size: int, data_dir: Path, out: Path, resume: bool, reuse: bool = False) -> None:
+    """Build the index of one size (real embeddings, or re-used ones with `reuse`); `run_size`
+    then answers in a separate process (`query_worker`), so its peak RSS is what answering costs."""
     res: dict = {"size": size, "loadavg_at_start": loadavg(), "vectors": "reused" if reuse else "real"}
     from rag import Assistant, Settings
     from rag.embeddings import get_embedder
@@ -203,7 +201,7 @@ def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool,
     res["chunks_embedded"] = report.chunks_embedded
     res["chunks_total"] = assistant.store.chunks.count()
     res["ingest_report"] = report.summary()
-    res["ingest_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    res["ingest_peak_rss_mib"] = memory_mib()["peak_rss_mib"]
     checkpoint.unlink(missing_ok=True)
     t = time.perf_counter()
     assistant.retriever.lexical()  # the BM25 build of this revision (once per ingest)
@@ -217,13 +215,6 @@ def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool,
     res["index_apparent_mib"] = disk["apparent"] / 2**20
     print(f"  [{size}] ingest {res['ingest_s']:.1f}s ({res['ingest_papers_per_s']:.1f} papers/s, "
           f"{res['chunks_total']} chunks), BM25 build {res['bm25_build_s']:.2f}s, disk (MiB) {disk_after}", flush=True)
-
-    q_out = out.with_name(out.stem + "-query.json")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--query-worker", str(data_dir), "--out", str(q_out),
-           "--questions", str(n_questions)]
-    subprocess.run(cmd, cwd=ROOT, env=clean_env(), check=True)
-    res.update(json.loads(q_out.read_text()))
-    res["loadavg_at_end"] = loadavg()
     for k, v in list(res.items()):
         if isinstance(v, float):
             res[k] = round(v, 4)
@@ -233,8 +224,6 @@ def worker(size: int, data_dir: Path, out: Path, n_questions: int, resume: bool,
 def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
     """A new process over a built index: open + first answer, then retrieve/ask latencies and
     the peak RSS of answering (nothing else ran in this process)."""
-    import resource
-
     t0 = time.perf_counter()
     from rag import Assistant, Settings
     from rag.eval import load_questions
@@ -244,8 +233,10 @@ def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
     gold = {q.question: set(q.gold) for q in load_questions(ROOT / "eval" / "questions.jsonl")}
     t = time.perf_counter()
     a = Assistant(Settings(data_dir=data_dir, mode="extractive"))
+    res["rss_after_open_mib"] = memory_mib()["rss_mib"]
     first = a.ask(questions[0])
     res["open_first_answer_s"] = time.perf_counter() - t
+    res["rss_after_first_answer_mib"] = memory_mib()["rss_mib"]
     res["first_answer_chars"] = len(first.text)
     retrieve_ms, ask_ms, ask_warm_ms, hits, answerable = [], [], [], 0, 0
     stages: dict[str, list[float]] = {}
@@ -271,7 +262,7 @@ def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
     res["ask_stage_p50_ms"] = {k: round(statistics.median(v), 1) for k, v in stages.items()}
     res["gold_in_top_k"] = round(hits / answerable, 3) if answerable else None
     res["questions"] = len(questions)
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    res["peak_rss_mib"] = memory_mib()["peak_rss_mib"]
     res["query_loadavg"] = loadavg()
     write_json(out, res)
     print(f"  [{data_dir.name}] open + first answer {res['open_first_answer_s']:.2f}s | retrieve p50 "
@@ -303,6 +294,12 @@ def run_size(size: int, args) -> dict | None:
         print(f"   size {size} failed (exit {proc.returncode})", file=sys.stderr)
         return None
     res = json.loads(out.read_text())
+    q_out = out.with_name(out.stem + "-query.json")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--query-worker", str(data_dir), "--out", str(q_out),
+           "--questions", str(args.questions)]
+    subprocess.run(cmd, cwd=ROOT, env=clean_env(), check=True)
+    res.update(json.loads(q_out.read_text()))
+    res["loadavg_at_end"] = loadavg()
     res["wall_s"] = round(wall, 1)
     res["peak_rss_mib_ingest_process"] = round(usage.ru_maxrss / 1024, 1)  # wait4: the building process
     if not args.keep:
@@ -478,7 +475,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        worker(args.worker, args.data_dir, args.out, args.questions, args.resume_ingest, args.reuse)
+        worker(args.worker, args.data_dir, args.out, args.resume_ingest, args.reuse)
         return
     if args.query_worker:
         query_worker(args.query_worker, args.out, args.questions)

@@ -56,6 +56,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def memory_mib() -> dict[str, float]:
+    """This process's current and peak resident memory, from /proc/self/status.
+
+    Not `ru_maxrss`: Linux carries it across execve, so a process started by a 3 GB parent
+    reports the parent's peak (the answering process of bench_scale did, until this was found).
+    VmHWM belongs to the address space, which execve replaces."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return {"rss_mib": out.get("VmRSS", float("nan")), "peak_rss_mib": out.get("VmHWM", float("nan"))}
+
+
 def loadavg() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
