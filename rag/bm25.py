@@ -110,6 +110,7 @@ class LexicalIndex:
         n = max(self.n_docs, 1)
         self._n_for_idf = n
         self.oov_idf = math.log(1 + (n + 0.5) / 0.5)
+        self._positions: dict[str, int] | None = None
 
     @classmethod
     def from_documents(cls, ids: Sequence[str], docs: Sequence[Sequence[str]], revision: str = "") -> LexicalIndex:
@@ -161,6 +162,16 @@ class LexicalIndex:
         for t in self._known(query_terms):
             a, e = int(self.indptr[t]), int(self.indptr[t + 1])
             out[self.indices[a:e]] += self.data[a:e]
+        return out
+
+    def restrict(self, scores: np.ndarray, paper_ids: Iterable[str]) -> np.ndarray:
+        """`scores` with every paper but `paper_ids` set to zero. The id -> position map is
+        built on the first call (~10 MiB at 100k papers; unrestricted questions never need it)."""
+        if self._positions is None:
+            self._positions = {pid: i for i, pid in enumerate(self.ids)}
+        keep = [i for i in (self._positions.get(pid) for pid in paper_ids) if i is not None]
+        out = np.zeros_like(scores)
+        out[keep] = scores[keep]
         return out
 
     @staticmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dense import DenseSearch
 from .lexicon import LexicalIndex
 from .settings import Settings
 from .store import PaperStore
@@ -41,6 +42,7 @@ class Retriever:
     def __init__(self, settings: Settings, store: PaperStore):
         self.settings = settings
         self.store = store
+        self.dense = DenseSearch(settings, store)
         self._lexical: tuple[str, LexicalIndex, bool, float] | None = None
         self._lock = threading.Lock()
 
@@ -67,19 +69,19 @@ class Retriever:
         t1 = time.perf_counter()
         timings["embed_ms"] = (t1 - t0) * 1000
 
-        hits = self.store.query_chunks(qvec, s.fetch_k, paper_ids)
-        dense_rank: list[str] = list(dict.fromkeys(h.paper_id for h in hits))
+        rev = self.store.revision()  # one look per question
+        dense_rank = self.dense.rank(qvec, s.fetch_k, rev, paper_ids)
         t2 = time.perf_counter()
         timings["dense_ms"] = (t2 - t1) * 1000
 
-        rev = self.store.revision()  # one look per question
         lex = self.lexical(rev)
         qterms = terms(question)
         scores = lex.scores(qterms)
-        allowed = set(paper_ids) if paper_ids else None
+        if paper_ids:  # ranked among the allowed papers only, however far down the whole corpus they are
+            scores = lex.restrict(scores, paper_ids)
         top = lex.top(scores, s.fetch_k * 2)  # the argsort's first 2*fetch_k positive scores
         top_ids = [lex.ids[int(i)] for i in top]
-        lex_rank = [pid for pid in top_ids if allowed is None or pid in allowed][: s.fetch_k]
+        lex_rank = top_ids[: s.fetch_k]
         lex_score = {pid: float(scores[i]) for pid, i in zip(top_ids, top)}
         t3 = time.perf_counter()
         timings["lexical_ms"] = (t3 - t2) * 1000
@@ -93,7 +95,7 @@ class Retriever:
         chosen = self._diversify(candidates, fused, k)
 
         records = self.store.paper_records(chosen)
-        chunk_rows = self.store.chunk_rows(records)
+        chunk_rows = self.dense.chunk_rows(records, rev)
         contexts: list[Context] = []
         for pid in chosen:
             rec = records.get(pid)

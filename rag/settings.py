@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     mmr_lambda: float = Field(
         0.85, ge=0, le=1, description="Relevance vs. diversity when several papers are needed (1 = relevance only)."
     )
+    dense_index: Literal["auto", "chunks", "papers"] = Field(
+        "auto",
+        description=("Vectors searched for dense candidates: 'chunks' (every chunk), 'papers' (one mean vector per "
+                     "paper: 7x less memory, for corpora of many thousands of papers), 'auto' = 'papers' once the "
+                     "index holds more than RAG_DENSE_PAPERS_ABOVE chunks."),
+    )
+    dense_papers_above: int = Field(
+        250_000, ge=0,
+        description=("Chunk count above which 'auto' searches paper vectors (Chroma's embedded engine keeps all the "
+                     "searched vectors in memory: 250k chunks is about 400 MiB)."),
+    )
 
     # answering
     mode: Literal["auto", "extractive", "openai", "local"] = Field(

@@ -489,6 +489,17 @@ class PaperStore(IngestMixin, LexiconSync):
         rows = self.chunk_rows(self.paper_records(paper_ids))
         return {pid: rows.get(pid, []) for pid in paper_ids}
 
+    def query_papers(self, query_vec: np.ndarray, n: int, paper_ids: Sequence[str] | None = None) -> list[str]:
+        """Paper ids by the similarity of their mean chunk vector, best first."""
+        res = self._read(lambda: self.papers.query(query_embeddings=[query_vec.tolist()], n_results=n,
+                                                   ids=list(paper_ids) if paper_ids else None, include=[]))
+        return list(res["ids"][0])
+
+    def chunks_total(self) -> int | None:
+        """The chunk count the last ingest recorded (collection metadata: no chunk is read)."""
+        total = self._read(self._collection_meta).get("chunks_total")
+        return int(total) if total is not None else None
+
     def paper_vectors(self, paper_ids: Sequence[str]) -> dict[str, np.ndarray]:
         got = self._read(lambda: self.papers.get(ids=list(paper_ids), include=["embeddings"]))
         return {pid: np.asarray(e, dtype=np.float32) for pid, e in zip(got["ids"], got["embeddings"])}

@@ -102,6 +102,26 @@ def test_paper_ids_filter_restricts_results(retriever):
     assert [c.paper_id for c in only.contexts] == [allowed[1]]
 
 
+def test_restricted_papers_are_ranked_by_bm25_however_far_down_the_corpus(built_index):
+    # A follow-up restricted to a few papers must rank them by BM25 among themselves, even
+    # when many other papers score higher on the question's words (it used to keep only the
+    # allowed papers among the whole corpus's top 2*fetch_k, so these got no lexical rank).
+    settings = Settings(data_dir=built_index, fetch_k=5)
+    r = Retriever(settings, PaperStore(settings))
+    question = "face recognition"
+    lex = r.lexical()
+    scores = lex.scores(terms(question))
+    order = [lex.ids[int(i)] for i in np.argsort(-scores, kind="stable") if scores[i] > 0]
+    far = order[2 * settings.fetch_k:][:2]
+    assert len(far) == 2, "the question must match more than 2*fetch_k papers"
+    got = r.retrieve(question, k=2, paper_ids=far)
+    assert {c.paper_id for c in got.contexts} == set(far)
+    position = {pid: i for i, pid in enumerate(lex.ids)}
+    for c in got.contexts:
+        assert c.lexical == pytest.approx(float(scores[position[c.paper_id]]))
+        assert c.lexical > 0
+
+
 def test_lexical_index_scores():
     papers = load_bundled()[:20]
     lex = LexicalIndex.from_documents([p.id for p in papers],
