@@ -221,7 +221,8 @@ def worker(size: int, data_dir: Path, out: Path, resume: bool, reuse: bool = Fal
     write_json(out, res)
 
 
-def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
+def query_worker(data_dir: Path, out: Path, n_questions: int, dense_index: str = "auto",
+                 chroma_url: str | None = None) -> None:
     """A new process over a built index: open + first answer, then retrieve/ask latencies and
     the peak RSS of answering (nothing else ran in this process)."""
     t0 = time.perf_counter()
@@ -232,9 +233,10 @@ def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
     questions = load_question_texts(n_questions)
     gold = {q.question: set(q.gold) for q in load_questions(ROOT / "eval" / "questions.jsonl")}
     t = time.perf_counter()
-    a = Assistant(Settings(data_dir=data_dir, mode="extractive"))
+    a = Assistant(Settings(data_dir=data_dir, mode="extractive", dense_index=dense_index, chroma_url=chroma_url))
     res["rss_after_open_mib"] = memory_mib()["rss_mib"]
     first = a.ask(questions[0])
+    res["dense_unit"] = a.retriever.dense.unit(a.store.revision())
     res["open_first_answer_s"] = time.perf_counter() - t
     res["rss_after_first_answer_mib"] = memory_mib()["rss_mib"]
     res["first_answer_chars"] = len(first.text)
@@ -269,6 +271,71 @@ def query_worker(data_dir: Path, out: Path, n_questions: int) -> None:
           f"{res['retrieve_ms']['p50']} ms p95 {res['retrieve_ms']['p95']} ms | ask p50 {res['ask_ms']['p50']} ms "
           f"p95 {res['ask_ms']['p95']} ms (warm p50 {res['ask_warm_ms']['p50']}) | peak RSS answering "
           f"{res['peak_rss_mib']:.0f} MiB", flush=True)
+
+
+def _proc_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _wait_http(url: str, timeout: float = 600) -> None:
+    import urllib.request
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+
+
+def query_variants(data_dir: Path, out: Path, n_questions: int) -> dict:
+    """One built index answered three ways, each in a fresh process: dense search over the
+    chunk vectors, over the paper vectors, and (auto) through `chroma run` serving the same
+    files, whose own peak RSS is read from /proc once the answering process is done."""
+    import socket
+
+    def answer(name: str, *extra: str) -> dict:
+        q_out = out.with_name(f"{out.stem}-{name}.json")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--query-worker", str(data_dir), "--out", str(q_out),
+               "--questions", str(n_questions), *extra]
+        subprocess.run(cmd, cwd=ROOT, env=clean_env(), check=True)
+        return json.loads(q_out.read_text())
+
+    res = {"chunks": answer("chunks", "--dense-index", "chunks"),
+           "papers": answer("papers", "--dense-index", "papers")}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    chroma = Path(sys.executable).parent / "chroma"
+    log = out.with_name(f"{out.stem}-chroma-server.log").open("w")
+    server = subprocess.Popen([str(chroma), "run", "--path", str(data_dir / "chroma"), "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+    try:
+        t = time.perf_counter()
+        _wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat")
+        server_start = time.perf_counter() - t
+        res["server"] = answer("server", "--chroma-url", f"http://127.0.0.1:{port}")
+        res["server"]["server_start_s"] = round(server_start, 2)
+        res["server"]["server_peak_rss_mib"] = _proc_peak_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    write_json(out, res)
+    print(f"\n{'variant':>8} {'unit':>6} {'RSS ans':>8} {'server RSS':>10} {'open+1st':>8} {'retr p50':>8} "
+          f"{'ask p50':>7} {'warm':>5} {'gold@k':>6}")
+    for name, r in res.items():
+        print(f"{name:>8} {r.get('dense_unit', '?'):>6} {r['peak_rss_mib']:>8.0f} "
+              f"{r.get('server_peak_rss_mib', float('nan')):>10.0f} {r['open_first_answer_s']:>8.2f} "
+              f"{r['retrieve_ms']['p50']:>8.1f} {r['ask_ms']['p50']:>7.0f} {r['ask_warm_ms']['p50']:>5.0f} "
+              f"{r['gold_in_top_k']:>6}")
+    return res
 
 
 def run_size(size: int, args) -> dict | None:
@@ -469,7 +536,11 @@ def main() -> None:
                     help="sizes whose index is built from re-used real vectors (no model per chunk)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variants", type=Path, metavar="DATA_DIR",
+                    help="answer one kept index three ways (chunk vectors, paper vectors, a `chroma run` server)")
     ap.add_argument("--query-worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--dense-index", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--chroma-url", help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -478,7 +549,10 @@ def main() -> None:
         worker(args.worker, args.data_dir, args.out, args.resume_ingest, args.reuse)
         return
     if args.query_worker:
-        query_worker(args.query_worker, args.out, args.questions)
+        query_worker(args.query_worker, args.out, args.questions, args.dense_index, args.chroma_url)
+        return
+    if args.variants:
+        query_variants(args.variants, args.out or args.work / f"variants-{args.variants.name}.json", args.questions)
         return
     if args.profile:
         profile(args.profile, args.work, RESULTS)
