@@ -116,8 +116,10 @@ def _print_answer(answer, streamed: bool, evidence: bool = True) -> None:
 
 def cmd_ask(args) -> int:
     a = _assistant(args)
+    wrote = None
     if a.settings.mode == "auto" or not args.no_index:
-        a.ensure_index(progress=_progress(), on_wait=_say)
+        wrote = a.ensure_index(progress=_progress(), on_wait=_say)
+    _EXIT_NOW.wrote_nothing = wrote is None
     _prepare_local_model(a)
     question = " ".join(args.question)
     paper_ids = args.paper or None
@@ -137,7 +139,7 @@ def cmd_ask(args) -> int:
 
 def cmd_papers(args) -> int:
     a = _assistant(args)
-    a.ensure_index(progress=_progress(), on_wait=_say)
+    _EXIT_NOW.wrote_nothing = a.ensure_index(progress=_progress(), on_wait=_say) is None
     papers = a.papers(args.search)
     if args.json:
         from .types import paper_to_dict
@@ -429,5 +431,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _ExitNow:
+    wrote_nothing = False  # set by a read-only command once it knows it wrote nothing
+
+
+_EXIT_NOW = _ExitNow()
+
+
+def run() -> None:
+    """The `rag` console script. A command that wrote nothing ends with `os._exit` once its
+    output is flushed: the interpreter's teardown (Chroma's client, ONNX Runtime's session,
+    a thousand modules) took 0.25-0.3 s of a 1.3-1.8 s `rag ask`, and none of it matters when
+    nothing was written. Anything that wrote exits normally."""
+    rc = main()
+    if _EXIT_NOW.wrote_nothing:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -53,6 +53,32 @@ def test_ask_prints_answer_and_sources(index_copy):
     assert "99.63%" in out.stdout and "Sources:" in out.stdout and "FaceNet" in out.stdout
 
 
+EXIT_PROBE = ("import atexit, sys; atexit.register(lambda: print('normal exit', file=sys.stderr)); "
+              "sys.argv = ['rag', *sys.argv[1:]]; from rag.cli import run; run()")
+
+
+@pytest.mark.slow
+def test_a_command_that_wrote_exits_normally_and_a_read_only_one_at_once(tmp_path):
+    # The first `rag ask` in a new data dir indexes the bundled corpus: it wrote, so the
+    # interpreter shuts down normally. The next one only reads: os._exit once its output is
+    # flushed (no atexit handler runs), and the output is whole and the index complete.
+    data = tmp_path / "fresh"
+    env = {**os.environ, "RAG_DATA_DIR": str(data)}
+    probe = [sys.executable, "-c", EXIT_PROBE]
+    first = subprocess.run(probe + ["ask", "What accuracy does FaceNet reach on LFW?"], capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "normal exit" in first.stderr and "99.63%" in first.stdout
+    second = subprocess.run(probe + ["ask", "--json", "--k", "8", "Which papers study face recognition?"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "normal exit" not in second.stderr
+    assert len(json.loads(second.stdout)["retrieved"]) == 8  # the whole JSON arrived
+    papers = subprocess.run(probe + ["papers", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert "normal exit" not in papers.stderr
+    assert len(json.loads(papers.stdout)) == 119
+
+
 def test_ask_restricted_to_a_paper(index_copy):
     out = run(["ask", "--json", "--paper", "facenet-a-unified-embedding-for-face-recognition", "What loss is used?"],
               index_copy)
