@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`rag papers | head`): not an error of ours
+        _drop_stdout()
+        return 0
     except Exception as exc:  # the last safety net: one line, never a traceback (unless RAG_DEBUG)
         if debug:
             raise
@@ -444,12 +447,21 @@ def run() -> None:
     a thousand modules) took 0.25-0.3 s of a 1.3-1.8 s `rag ask`, and none of it matters when
     nothing was written. Anything that wrote exits normally."""
     rc = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
     if _EXIT_NOW.wrote_nothing:
         logging.shutdown()
-        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(rc)
     sys.exit(rc)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush to a closed pipe is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

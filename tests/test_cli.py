@@ -79,6 +79,17 @@ def test_a_command_that_wrote_exits_normally_and_a_read_only_one_at_once(tmp_pat
     assert len(json.loads(papers.stdout)) == 119
 
 
+@pytest.mark.parametrize("argv", [["papers"], ["ask", "What accuracy does FaceNet reach on LFW?"]])
+def test_a_reader_that_goes_away_is_not_an_error(index_copy, argv):
+    # `rag papers | head -1`: the pipe is closed before the command writes.
+    proc = subprocess.Popen(RAG + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAG_DATA_DIR": str(index_copy)})
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert "error" not in err.lower() and "Traceback" not in err, err
+
+
 def test_ask_restricted_to_a_paper(index_copy):
     out = run(["ask", "--json", "--paper", "facenet-a-unified-embedding-for-face-recognition", "What loss is used?"],
               index_copy)
