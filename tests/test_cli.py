@@ -79,7 +79,8 @@ def test_a_command_that_wrote_exits_normally_and_a_read_only_one_at_once(tmp_pat
     assert len(json.loads(papers.stdout)) == 119
 
 
-@pytest.mark.parametrize("argv", [["papers"], ["ask", "What accuracy does FaceNet reach on LFW?"]])
+@pytest.mark.parametrize("argv", [["papers"], pytest.param(["ask", "What accuracy does FaceNet reach on LFW?"],
+                                                           marks=pytest.mark.slow)])
 def test_a_reader_that_goes_away_is_not_an_error(index_copy, argv):
     # `rag papers | head -1`: the pipe is closed before the command writes.
     proc = subprocess.Popen(RAG + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
