@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from .corpus import abstract_key, normalise_title
-from .errors import IndexCorruptError
+from .errors import IndexCorruptError, IndexMissingError
+from .index_state import IndexState
 from .types import Chunk, Paper
 
 if TYPE_CHECKING:
@@ -87,6 +88,42 @@ def content_hash(paper: Paper, chunker_signature: str) -> str:
 class IngestMixin:
     if TYPE_CHECKING:  # a part of PaperStore: its attributes are PaperStore's
         def __getattr__(self, name: str) -> Any: ...
+
+    # --- the bundled corpus, on first use --------------------------------------------------
+    def is_new(self) -> bool:
+        """An index nobody has written to yet (or whose automatic first indexing of the
+        bundled corpus did not finish). Only such an index gets the bundled corpus
+        automatically; an index paper-rag did not create (no marker) never does."""
+        if not self._embedded:
+            return self.count() == 0  # a server's collection: empty means new
+        state = IndexState.load(self.settings.data_dir)
+        if state is None:
+            return False
+        return state.bundled == "pending" or (state.bundled is None and not state.user_writes
+                                              and self.count() == 0)
+
+    def index_bundled_if_new(self, load: Callable[[], Sequence[Paper]], progress: ProgressFactory | None = None,
+                             on_wait: Callable[[str], None] | None = None) -> IngestReport | None:
+        """Index the bundled corpus into a new index; None if the index already has papers.
+        An empty index that is not new is an IndexMissingError: nothing is written over it."""
+        if self.count() > 0 and not self.is_new():
+            return None
+        start = time.perf_counter()
+        with self.writing(on_wait=on_wait, user=False) as state:
+            if not self.is_new():  # another process may have done it while we waited
+                if self.count() > 0:
+                    return None
+                raise IndexMissingError(
+                    f"the index at {self.location} has no papers",
+                    "Index papers with `rag ingest FILE...`, or the bundled corpus with `rag ingest --bundled`.")
+            if state is not None:
+                state.bundled = "pending"
+                state.save(self.settings.data_dir)
+            report = self._ingest_locked(list(load()), progress, replace_all=False, replace=False)
+            if state is not None:
+                state.bundled = "done"
+        report.seconds = time.perf_counter() - start
+        return report
 
     # --- ingest ------------------------------------------------------------
     def ingest(self, papers: Sequence[Paper], progress: ProgressFactory | None = None,
