@@ -52,6 +52,10 @@ def _build(threads: int) -> Runtime:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads sleep instead of spinning: on two cores the spin steals the CPU that
+    # Chroma's writer (ingest) or another process needs. Measured at load 4: batch embedding
+    # 15% less wall and 20% less CPU, a query the same wall and 35% less CPU.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     tokenizer.no_padding()
