@@ -5,9 +5,12 @@ index and runs the ONNX model pays before it does anything. Runs alternate (floo
 ask, ...) so both see the same machine load; the figure is the ratio of the medians. The index
 is the bundled corpus in a temporary data dir, built and queried once before timing (warm
 index: nothing is built during a timed run). With --other-python, the same `rag ask` runs with
-another checkout's interpreter too (e.g. main's .venv, for a before/after).
+another checkout's interpreter too (e.g. main's .venv, for a before/after); with --other-root,
+the same interpreter imports `rag` from another checkout (PYTHONPATH), e.g. a worktree of the
+commit before a change.
 
     python bench/bench_start.py [--runs 7] [--other-python ../main/.venv/bin/python]
+    python bench/bench_start.py --other-root /tmp/before   # git worktree add --detach /tmp/before HEAD~3
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--other-python", type=Path, help="also time `rag ask` with this interpreter")
+    ap.add_argument("--other-root", type=Path, help="also time `rag ask` importing rag from this checkout")
     ap.add_argument("--json", type=Path, default=RESULTS / "start.json")
     args = ap.parse_args()
 
@@ -48,10 +52,11 @@ def main() -> None:
         env = clean_env(RAG_DATA_DIR=str(data), RAG_MODE="extractive")
         ask = [sys.executable, "-m", "rag.cli", "ask", QUESTION]
         cmds = {"floor": FLOOR, "ask": ask}
-        if args.other_python:
+        if args.other_python or args.other_root:
             other = Path(tmp) / "other"
-            cmds["other_ask"] = [str(args.other_python), "-m", "rag.cli", "ask", QUESTION]
-            env_other = clean_env(RAG_DATA_DIR=str(other), RAG_MODE="extractive")
+            cmds["other_ask"] = [str(args.other_python or sys.executable), "-m", "rag.cli", "ask", QUESTION]
+            extra = {"PYTHONPATH": str(args.other_root.resolve())} if args.other_root else {}
+            env_other = clean_env(RAG_DATA_DIR=str(other), RAG_MODE="extractive", **extra)
             timed(cmds["other_ask"], env_other, Path(tmp))  # builds its own index once
             timed(cmds["other_ask"], env_other, Path(tmp))
         timed(ask, env, ROOT)  # builds the index once
@@ -69,7 +74,7 @@ def main() -> None:
            "ask_over_floor": round(med["ask"] / med["floor"], 2), "loadavg": load}
     if "other_ask" in med:
         res["other_ask_over_floor"] = round(med["other_ask"] / med["floor"], 2)
-        res["other_python"] = str(args.other_python)
+        res["other"] = str(args.other_root or args.other_python)
     write_json(args.json, res)
     print(f"floor (import chromadb, onnxruntime) {med['floor']:.2f}s | rag ask {med['ask']:.2f}s "
           f"= {res['ask_over_floor']:.2f}x" + (f" | other checkout's rag ask {med['other_ask']:.2f}s = "
