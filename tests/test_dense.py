@@ -79,3 +79,12 @@ def test_records_cut_with_other_settings_fall_back_to_the_chunk_collection(built
     want = by_chunks.store.chunk_rows(records)[pid]
     assert [r[0] for r in rows] == [r[0] for r in want]
     assert np.allclose(np.stack([r[3] for r in rows]), np.stack([r[3] for r in want]))
+
+
+def test_paper_vectors_respect_a_restriction_to_some_papers(built_index, by_chunks):
+    papers = _retriever(built_index, dense_index="papers")
+    allowed = ["edgeface-efficient-face-recognition-model-for", "conditional-image-generation-with-pixelcnn"]
+    rev = papers.store.revision()
+    assert set(papers.dense.rank(papers.store.embedder.embed_one(QUESTIONS[0]), 40, rev, allowed)) == set(allowed)
+    got = papers.retrieve(QUESTIONS[0], k=5, paper_ids=allowed)
+    assert {c.paper_id for c in got.contexts} == set(allowed)
