@@ -70,9 +70,10 @@ lint: install-test
 	$(VENV)/bin/ruff check rag app.py
 	$(VENV)/bin/mypy
 
-# Day-to-day: everything but the slow tests and the browser.
+# Day-to-day: everything but the slow tests and the browser, on two workers (pytest-xdist).
+# `make test` (what CI runs) stays in one process.
 test-fast: install-test
-	$(PY) -m pytest -m "not slow and not browser" -q
+	$(PY) -m pytest -m "not slow and not browser" -q -n 2
 
 eval: install
 	$(PY) -m pip install --quiet -e ".[ui,api,eval]"
