@@ -273,13 +273,6 @@ def query_worker(data_dir: Path, out: Path, n_questions: int, dense_index: str =
           f"{res['peak_rss_mib']:.0f} MiB", flush=True)
 
 
-def _proc_peak_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def _wait_http(url: str, timeout: float = 600) -> None:
     import urllib.request
 
@@ -322,7 +315,7 @@ def query_variants(data_dir: Path, out: Path, n_questions: int) -> dict:
         server_start = time.perf_counter() - t
         res["server"] = answer("server", "--chroma-url", f"http://127.0.0.1:{port}")
         res["server"]["server_start_s"] = round(server_start, 2)
-        res["server"]["server_peak_rss_mib"] = _proc_peak_mib(server.pid)
+        res["server"]["server_peak_rss_mib"] = memory_mib(server.pid)["peak_rss_mib"]
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -56,15 +56,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def memory_mib() -> dict[str, float]:
-    """This process's current and peak resident memory, from /proc/self/status.
+def memory_mib(pid: int | str = "self") -> dict[str, float]:
+    """A process's current and peak resident memory (this one's by default), from
+    /proc/PID/status.
 
     Not `ru_maxrss`: Linux carries it across execve, so a process started by a 3 GB parent
     reports the parent's peak (the answering process of bench_scale did, until this was found).
     VmHWM belongs to the address space, which execve replaces."""
     out: dict[str, float] = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
                 out[key] = round(int(value.split()[0]) / 1024, 1)  # kB
