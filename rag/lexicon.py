@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -361,16 +361,7 @@ class Lexicon:
 
     def build(self, revision: str) -> LexicalIndex:
         """A BM25 build of the papers here, saved for `revision` (readers memory-map it)."""
-        with self._lock:
-            db = self.db
-            n_terms = db.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM terms").fetchone()[0]
-            ids: list[str] = []
-            docs: list[np.ndarray] = []
-            for pid, blob in db.execute("SELECT pid, terms FROM docs ORDER BY seq"):
-                ids.append(pid)
-                docs.append(np.frombuffer(blob, dtype=np.int32))
-        matrix = build_matrix(docs, n_terms)
-        del docs
+        ids, matrix = self._matrix()
         target = self._build_dir(revision)
         tmp = self.folder / f"{target.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
@@ -401,11 +392,15 @@ class Lexicon:
 
     def build_in_memory(self, revision: str = "") -> LexicalIndex:
         """A snapshot of the papers here, not saved (a reader while the first ingest runs)."""
+        ids, matrix = self._matrix()
+        return LexicalIndex(ids, matrix, self.term_ids, revision)
+
+    def _matrix(self) -> tuple[list[str], dict]:
+        """The paper ids in index order and the BM25 matrix of their terms."""
         with self._lock:
             n_terms = self.db.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM terms").fetchone()[0]
             rows = self.db.execute("SELECT pid, terms FROM docs ORDER BY seq").fetchall()
-        matrix = build_matrix([np.frombuffer(b, dtype=np.int32) for _, b in rows], n_terms)
-        return LexicalIndex([pid for pid, _ in rows], matrix, self.term_ids, revision)
+        return [pid for pid, _ in rows], build_matrix([np.frombuffer(b, dtype=np.int32) for _, b in rows], n_terms)
 
 
 class CorpusNames:
@@ -427,7 +422,3 @@ class CorpusNames:
     def __contains__(self, word: object) -> bool:
         return isinstance(word, str) and self.lexicon.name_for(word) is not None
 
-
-def iter_pages(seq: Sequence, size: int) -> Iterator[Sequence]:
-    for s in range(0, len(seq), size):
-        yield seq[s:s + size]
