@@ -17,9 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .settings import Settings
-from .store import PaperRecord, PaperStore
-
-ChunkRow = tuple[str, str, int, np.ndarray]  # (chunk id, text, index in paper, vector)
+from .store import ChunkRow, PaperRecord, PaperStore
 
 
 class DenseSearch:

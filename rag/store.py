@@ -58,12 +58,16 @@ from .locking import WriteLock
 from .settings import Settings
 from .types import Paper
 
-__all__ = ["ChunkHit", "IngestIssue", "IngestReport", "PaperList", "PaperRecord", "PaperStore", "check_index_file",
+__all__ = ["ChunkHit", "ChunkRow", "IngestIssue", "IngestReport", "PaperList", "PaperRecord", "PaperStore",
+           "check_index_file",
            "content_hash", "make_client", "ID_PAGE", "PAGE", "WINDOW_BATCHES"]
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+
+ChunkRow = tuple[str, str, int, np.ndarray]  # (chunk id, text, index in its paper, vector)
 
 
 @dataclass
@@ -277,9 +281,8 @@ class PaperStore(IngestMixin, LexiconSync):
             return cached[1], cached[2]
 
         def read() -> tuple[str, int]:
-            meta = self.client.get_collection(self.papers.name, embedding_function=None).metadata or {}
             n = self.papers.count()
-            return f"{meta.get('revision', 0)}:{n}", n
+            return f"{self._collection_meta().get('revision', 0)}:{n}", n
         rev, n = self._read(read)
         if key is not None:
             self._rev_cache = (key, rev, n)
@@ -430,10 +433,10 @@ class PaperStore(IngestMixin, LexiconSync):
                 for cid, doc, m, d in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
                                           res["distances"][0])]
 
-    def chunk_rows(self, records: dict[str, PaperRecord]) -> dict[str, list[tuple[str, str, int, np.ndarray]]]:
+    def chunk_rows(self, records: dict[str, PaperRecord]) -> dict[str, list[ChunkRow]]:
         """All chunks (id, text, index, vector) of the given papers, in reading order, read by
         the ids their records list (primary-key lookups, not a metadata scan)."""
-        out: dict[str, list] = {pid: [] for pid in records}
+        out: dict[str, list[ChunkRow]] = {pid: [] for pid in records}
         ids = [cid for rec in records.values() for cid in rec.chunk_ids]
         owner = {cid: pid for pid, rec in records.items() for cid in rec.chunk_ids}
         for part in _pages(ids, ID_PAGE):
@@ -444,7 +447,7 @@ class PaperStore(IngestMixin, LexiconSync):
             rows.sort(key=lambda r: r[2])
         return out
 
-    def chunks_of(self, paper_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int, np.ndarray]]]:
+    def chunks_of(self, paper_ids: Sequence[str]) -> dict[str, list[ChunkRow]]:
         """All chunks (id, text, index, vector) of the given papers, in reading order."""
         if not paper_ids:
             return {}
