@@ -109,10 +109,11 @@ class OnnxMiniLM(EmbeddingFunction[Documents]):
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
-        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        lengths = [len(e.ids) for e in encodings]
+        order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for idx in self._batches(order, [len(e.ids) for e in encodings]):
-            width = max(len(encodings[i].ids) for i in idx)
+        for idx in self._batches(order, lengths):
+            width = max(lengths[i] for i in idx)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):
