@@ -84,7 +84,6 @@ def content_hash(paper: Paper, chunker_signature: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-
 class IngestMixin:
     if TYPE_CHECKING:  # a part of PaperStore: its attributes are PaperStore's
         def __getattr__(self, name: str) -> Any: ...

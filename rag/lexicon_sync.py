@@ -58,7 +58,7 @@ class LexiconSync:
                 self._reconcile_lexicon()
             lex.mark("")
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            if _locked(exc):
                 raise
             lex.reset(exc)
             self._reconcile_lexicon()
@@ -95,8 +95,8 @@ class LexiconSync:
             except IndexBusyError:
                 latest = lex.latest_build()
                 return (latest if latest is not None else lex.build_in_memory(rev)), False
-        except sqlite3.DatabaseError as exc:  # the lexicon file went bad under us (a lock is not damage)
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        except sqlite3.DatabaseError as exc:  # the lexicon file went bad under us
+            if _locked(exc):
                 raise
             lex.reset(exc)
             return self.lexical(rev)
@@ -124,6 +124,12 @@ class LexiconSync:
             found = self.get_papers(part)
             in_abstract.extend(pid for pid in part if pid in found and needle in found[pid].abstract.lower())
         return PaperList(cast("PaperStore", self), in_title + in_abstract, lex)
+
+
+def _locked(exc: sqlite3.DatabaseError) -> bool:
+    """Another connection holds the lexicon: wait or fail, but it is no damage to repair."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
 
 class PaperList(Sequence):
     """Papers in title order, read a page at a time (`PaperStore.list_papers`). Without a

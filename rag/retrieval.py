@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense chunks from Chroma plus BM25 over papers, fused per paper.
+"""Hybrid retrieval: dense candidates from Chroma (`rag.dense`) plus BM25 over papers, fused per paper.
 
 Ranking papers rather than chunks keeps one long abstract from crowding out the
 others, which is what multi-paper questions need. BM25 is read from the lexicon's
